@@ -1,0 +1,126 @@
+"""
+Time forward + backward + optimizer steps and measure peak memory for a config, as nanoGPT's
+bench.py does. With --compare, the baseline and the named ablations run in one process and each
+is reported as a ratio to the baseline measured in the same run.
+
+$ python bench.py                                   # config/ablation_full.py at the ablation shape
+$ python bench.py --compare=reciprocity,lens,full   # baseline + these, ratios vs the baseline
+$ python bench.py --compare=all --block_size=2048 --batch_size=2
+Tokens are random: this measures cost, not learning.
+"""
+import glob
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from configurator import configure, model_settings
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+config = "config/ablation_full.py"  # what to time without --compare
+compare = ""  # comma-separated ablation names (config/ablation_NAME.py) or 'all'
+batch_size = 12
+block_size = 256
+n_layer = 6
+n_head = 6
+n_embd = 384
+vocab_size = 65  # the character-level Shakespeare vocabulary
+dropout = 0.0
+bias = True
+steps = 10  # timed steps per config, after warmup
+warmup = 3
+rounds = 2  # every config is timed this many times, interleaved; the median is reported
+seed = 1337
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+compile = False
+# -----------------------------------------------------------------------------
+configure(globals(), sys.argv[1:])
+
+
+def peak_bytes_of_step(step):
+    """Peak bytes of live tensors while `step()` runs: CUDA's allocator statistics, or on a CPU the
+    profiler's memory timeline (every tensor created and freed, plus those alive before)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action in (Action.PREEXISTING, Action.CREATE):
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def make_runner(name, settings):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                    n_embd=n_embd, dropout=dropout, bias=bias, **settings)
+    model = GPT(cfg).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cuda" if "cuda" in device else "cpu")
+    fwd = torch.compile(model) if compile else model
+    ctx = torch.autocast(device_type="cuda" if "cuda" in device else "cpu", dtype=getattr(torch, dtype),
+                         enabled=dtype != "float32")
+    x = torch.randint(vocab_size, (batch_size, block_size), device=device)
+    y = torch.randint(vocab_size, (batch_size, block_size), device=device)
+
+    def step():
+        with ctx:
+            _, loss = fwd(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    return dict(name=name, step=step, params=model.get_num_params(), times=[], peak=peak_bytes_of_step(step))
+
+
+def timed(step):
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+if compare:
+    names = compare.split(",")
+    if names == ["all"]:
+        names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
+    names = ["baseline"] + [n for n in names if n != "baseline"]
+    todo = [(n, f"config/ablation_{n}.py") for n in names]
+else:
+    todo = [(os.path.basename(config)[:-3].removeprefix("ablation_"), config)]
+for _, path in todo:
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no config file {path}")
+
+print(f"bench: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block_size}, batch {batch_size}, "
+      f"{dtype} on {device}{' (compiled)' if compile else ''}, torch {torch.__version__}, "
+      f"{torch.get_num_threads()} threads")
+runs = [make_runner(name, model_settings(path, n_head=n_head)) for name, path in todo]
+for _ in range(rounds):  # interleaved, so a slow spell of a shared machine hits every config
+    for r in runs:
+        r["times"].append(timed(r["step"]))
+base = runs[0]
+print(f"{'config':<18}{'params':>12}{'ms/step':>10}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
+for r in runs:
+    ms, base_ms = 1000 * statistics.median(r["times"]), 1000 * statistics.median(base["times"])
+    print(f"{r['name']:<18}{r['params']:>12,d}{ms:>10.1f}{ms / base_ms:>8.2f}{r['peak'] / 2**20:>10.1f}"
+          f"{r['peak'] / base['peak']:>8.2f}")

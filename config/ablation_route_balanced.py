@@ -1,0 +1,10 @@
+# Balanced start, free learning: route gate from g = 0.5 learned by gradient only (no annealing).
+out_dir = 'out-ablation_route_balanced'
+wandb_run_name = 'ablation_route_balanced'
+use_reciprocity = True
+use_discoverability = True
+use_route_gate = True
+mlp_use_ctx_summary = True
+init_route_gate = 0.0
+route_anneal_start = 10**9  # never reached: free learning
+route_anneal_end = 10**9

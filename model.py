@@ -1,0 +1,626 @@
+"""
+GPT-2 from scratch with lens-gated attention, route gates and a low-rank MLP context path.
+Every mechanism is a GPTConfig switch; with all of them off this is exactly GPT-2.
+
+Attention logits, per head (s = 1/sqrt(D)):
+    logits[i, j] = w_std * s q_i.k_j  +  w_rec * s q_j.k_i  +  w_disc * k_j.u     (then causal mask)
+    (w_std, w_rec, w_disc) = softmax(lens_gates) over the enabled terms.
+They fold into ONE scaled_dot_product_attention call with a wider head:
+    Q~_i = [q_i, k_i, 1],   K~_j = [w_std k_j, w_rec q_j, w_disc d_j / s]
+so no T x T matrix is ever built, and the mask (applied after mixing) keeps it causal.
+
+Block, with the route gate g = sigmoid(route_raw + route_bias):
+    a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
+MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), folded through c_proj.
+"""
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    n_kv_head: Optional[int] = None  # None = n_head; fewer = grouped-query, 1 = multi-query
+    # lens-gated attention
+    use_reciprocity: bool = False  # add S^T: costs Q in the KV cache
+    use_discoverability: bool = False  # add the column bias d_j = k_j . u
+    lens_gate_init: tuple = (2.2, 0.6, 0.1)  # raw (std, rec, disc); softmax over the enabled ones
+    # route gate between attention and MLP
+    use_route_gate: bool = False
+    init_route_gate: float = 0.8  # raw value: sigmoid(0.8) ~ 0.69
+    route_anneal_start: int = 2000
+    route_anneal_end: int = 10000
+    route_anneal_target: float = -1.0  # raw value reached at route_anneal_end: sigmoid(-1) ~ 0.27
+    # MLP
+    mlp_use_ctx_summary: bool = False  # low-rank context from the attention output
+    mlp_ctx_rank: int = 128
+    mlp_ctx_alpha_init: float = 0.1
+    mlp_ctx_conductor: bool = False  # use the context only while the block's g < 0.5
+    mlp_disabled: bool = False  # no MLP and no ln_2 at all
+    mlp_expansion_ratio: float = 4.0
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        self.lens_gate_init = tuple(float(v) for v in self.lens_gate_init)
+        checks = [
+            (self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
+            (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0,
+             f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}"),
+            (len(self.lens_gate_init) == 3, "lens_gate_init needs three raw values (std, rec, disc)"),
+            (not (self.mlp_disabled and self.use_route_gate),
+             "use_route_gate needs an MLP to route to (mlp_disabled=True)"),
+            (not (self.mlp_disabled and self.mlp_use_ctx_summary),
+             "mlp_use_ctx_summary needs an MLP (mlp_disabled=True)"),
+            (not self.mlp_ctx_conductor or (self.mlp_use_ctx_summary and self.use_route_gate),
+             "mlp_ctx_conductor needs mlp_use_ctx_summary=True and use_route_gate=True"),
+            (self.mlp_ctx_rank >= 1, "mlp_ctx_rank must be >= 1"),
+            (self.mlp_expansion_ratio > 0, "mlp_expansion_ratio must be > 0"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def lens_terms(self):
+        """Indices into (std, rec, disc) of the enabled logit terms."""
+        return [0] + [1] * self.use_reciprocity + [2] * self.use_discoverability
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        kv_dim = self.n_kv_head * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.use_rec, self.use_disc = config.use_reciprocity, config.use_discoverability
+        if self.use_disc:
+            self.u = nn.Parameter(0.02 * torch.randn(self.n_head, self.head_dim))
+        if self.use_rec or self.use_disc:
+            raw = [config.lens_gate_init[i] for i in config.lens_terms]
+            self.lens_gates = nn.Parameter(torch.tensor(raw).repeat(self.n_head, 1))
+
+    def lens_weights(self):
+        """(w_std, w_rec, w_disc), each [H]; a disabled term is exactly 0."""
+        zero = torch.zeros(self.n_head, device=self.c_proj.weight.device)
+        if not hasattr(self, "lens_gates"):
+            return zero + 1, zero, zero
+        w = F.softmax(self.lens_gates.float(), dim=-1).unbind(-1)
+        return w[0], (w[1] if self.use_rec else zero), (w[-1] if self.use_disc else zero)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([C, Hkv * D, Hkv * D], dim=2)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        # keys side (all visible positions): from the cache when decoding, else this chunk
+        if cache is None:
+            k_all, v_all, q_all, past = k, v, q, 0
+        else:
+            k_all, v_all, q_all, past = cache.update(k, v, q if self.use_rec else None)
+        if Hkv != H:  # grouped/multi-query: each group of H/Hkv query heads shares one K/V head
+            k, k_all, v_all = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, k_all, v_all))
+        S = k_all.size(2)
+        # causal mask; chunks that start after a cached prefix need it explicitly (bottom-right aligned)
+        is_causal, mask = past == 0 and T > 1, None
+        if past > 0 and T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        dropout_p = self.dropout if self.training else 0.0
+
+        if not (self.use_rec or self.use_disc):  # plain GPT-2 attention
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=is_causal)
+        else:
+            w_std, w_rec, w_disc = (w.to(x.dtype).view(1, H, 1, 1) for w in self.lens_weights())
+            u = self.u.to(x.dtype).unsqueeze(1) if self.use_disc else None  # (H, 1, D)
+
+            def operands():
+                qt, kt = [q], [w_std * k_all]
+                if self.use_rec:  # S^T[i, j] = s q_j . k_i
+                    qt.append(k)
+                    kt.append(w_rec * q_all)
+                if self.use_disc:  # d_j = k_j . u, divided by s because SDPA multiplies by s
+                    qt.append(torch.ones_like(q[..., :1]))
+                    kt.append(w_disc * (k_all * u).sum(-1, keepdim=True) * math.sqrt(D))
+                # zero-pad Q~, K~ and V to one width, a multiple of 8: the flash kernels (CPU and
+                # CUDA) need equal head widths, and zeros change no dot product
+                width = -(-sum(t.size(-1) for t in qt) // 8) * 8
+                qt.append(q.new_zeros(B, H, T, width - sum(t.size(-1) for t in qt)))
+                kt.append(q.new_zeros(B, H, S, width - sum(t.size(-1) for t in kt)))
+                return torch.cat(qt, -1), torch.cat(kt, -1), F.pad(v_all, (0, width - D))
+
+            y = sdpa_rebuilding_operands(operands, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                         scale=1.0 / math.sqrt(D))[..., :D]
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+def sdpa_rebuilding_operands(operands, **kw):
+    """scaled_dot_product_attention(*operands(), **kw). For backward, autograd would keep the three
+    widened operands alive: more memory than all of GPT-2's attention. Saved-tensor hooks keep
+    nothing of them and call operands() again (a few concatenations) when backward needs them.
+    Under torch.compile the partitioner makes that trade by itself, and the hooks would break the graph."""
+    ops = operands()
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(*ops, **kw)
+    index = {(t.data_ptr(), t.shape): i for i, t in enumerate(ops)}
+    rebuilt = []
+
+    def pack(t):
+        return index.get((t.data_ptr(), t.shape), t)
+
+    def unpack(saved):
+        if not isinstance(saved, int):
+            return saved
+        if not rebuilt:
+            with torch.no_grad():
+                rebuilt.extend(operands())
+        return rebuilt[saved]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return F.scaled_dot_product_attention(*ops, **kw)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = round(config.mlp_expansion_ratio * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.use_ctx, self.conductor = config.mlp_use_ctx_summary, config.mlp_ctx_conductor
+        if self.use_ctx:
+            self.ctx_down = nn.Linear(config.n_embd, config.mlp_ctx_rank, bias=False)
+            self.ctx_up = nn.Linear(config.mlp_ctx_rank, hidden, bias=False)
+            self.alpha_raw = nn.Parameter(torch.tensor(float(config.mlp_ctx_alpha_init)))
+
+    def forward(self, x, resid=None, g=None):
+        """The MLP's output, times (1 - g) when a route gate g is given. `resid` is the block's
+        residual stream (before, after) attention, whose difference is the attention output a."""
+        h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's gelu_new
+        if not self.use_ctx and g is None:
+            return self.dropout(self.c_proj(h))
+        # c_proj is linear, so scalars fold into its weights instead of into [B, T, E] activations:
+        # (1 - g) c_proj((1 - alpha) h + alpha ctx_up(ctx_down(a)))
+        #   = h @ ((1 - g)(1 - alpha) W)^T + ctx_down(a) @ ((1 - g) alpha W W_up)^T + (1 - g) b
+        # an E x R product instead of a hidden-wide context, and no saved copy of the output for g.
+        # ctx_down(a) is taken as ctx_down(after) - ctx_down(before): its backward then needs only
+        # tensors that ln_1 and ln_2 keep anyway, where ctx_down(a) would keep a as well
+        keep = 1.0 if g is None else 1 - g
+        alpha = self.alpha_raw.clamp(0.0, 1.0) if self.use_ctx else 0.0
+        if self.use_ctx and self.conductor:  # a tensor mask, not an `if`: no host sync, one graph
+            alpha = alpha * (g < 0.5).to(alpha.dtype)
+        bias = None if self.c_proj.bias is None else keep * self.c_proj.bias
+        y = F.linear(h, (keep * (1 - alpha)) * self.c_proj.weight, bias)
+        if self.use_ctx and resid is not None:  # None when this layer's attention is pruned: a = 0
+            ctx = F.linear(resid[1], self.ctx_down.weight) - F.linear(resid[0], self.ctx_down.weight)
+            y = y + F.linear(ctx, (keep * alpha) * (self.c_proj.weight @ self.ctx_up.weight))
+        return self.dropout(y)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        if not config.mlp_disabled:
+            self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+            self.mlp = MLP(config)
+        self.use_route = config.use_route_gate
+        if self.use_route:
+            self.route_raw = nn.Parameter(torch.tensor(float(config.init_route_gate)))
+            # moved by apply_route_annealing, never by the optimizer; saved so resume is exact
+            self.register_buffer("route_bias", torch.zeros(()))
+
+    def route_gate(self):
+        return torch.sigmoid(self.route_raw + self.route_bias)
+
+    def forward(self, x, cache=None, skip_attn=False):
+        a = None if skip_attn else self.attn(self.ln_1(x), cache)
+        h = x if a is None else x + a
+        if not hasattr(self, "mlp"):
+            return h
+        g = self.route_gate() if self.use_route else None
+        m = self.mlp(self.ln_2(h), None if a is None else (x, h), g)  # m is (1 - g) mlp, with a route gate
+        if g is None or a is None:
+            return h + m
+        # x + g a, as lerp(x, x + a, g): its backward needs x and x + a, which ln_1 and ln_2 keep
+        # anyway, where g * a would keep one more [B, T, E] tensor per block
+        return torch.lerp(x, h, g) + m
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are subtracted by default, as in nanoGPT
+        (the token embeddings are shared with lm_head, so they count once)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, cache=None, attn_skip_layers=()):
+        """Logits and loss. `cache` (a KVCache) decodes incrementally; `attn_skip_layers` runs
+        those blocks with attention removed. Without targets only the last position's logits
+        are computed, as in nanoGPT. Targets equal to -1 are ignored by the loss."""
+        b, t = idx.size()
+        past = 0 if cache is None else cache.length
+        if past + t > self.config.block_size:
+            raise ValueError(f"cannot forward {past + t} positions, block_size is {self.config.block_size}")
+        if cache is not None:  # the cache was built for its own pruned layers
+            if attn_skip_layers and set(attn_skip_layers) != cache.attn_skip_layers:
+                raise ValueError("attn_skip_layers differs from the KVCache's own")
+            attn_skip_layers = cache.attn_skip_layers
+        pos = torch.arange(past, past + t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else cache.layers[i], skip_attn=i in attn_skip_layers)
+        if cache is not None:
+            cache.length += t
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            logits, loss = self.lm_head(x[:, [-1], :]), None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context (e.g. pretrained GPT-2's 1024) by dropping position embeddings."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    # ---------------------------------------------------------------- optimizer, MFU
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on the weight matrices of Linear and Embedding layers only. Lens
+        gates and u are 2-D too, but they are gates, not weights: they are never decayed."""
+        decay_ids = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        decay = [p for p in params if id(p) in decay_ids]
+        no_decay = [p for p in params if id(p) not in decay_ids]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6N for the weights plus the attention matmuls, whose
+        QK width grows with the lens terms (D, + D for reciprocity, + 1 for discoverability)."""
+        cfg, D = self.config, self.config.n_embd // self.config.n_head
+        qk = D * (1 + cfg.use_reciprocity) + cfg.use_discoverability
+        return 6 * self.get_num_params() + 6 * cfg.n_layer * cfg.block_size * cfg.n_head * (qk + D)
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model FLOPs utilization as a fraction of `peak_flops` (default: A100 bf16, as nanoGPT)."""
+        flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops / dt / peak_flops
+
+    # ---------------------------------------------------------------- KV cache
+    def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=()):
+        """What one token costs in the cache, summed over layers: K and V for n_kv_head heads,
+        Q too when reciprocity is on (S^T needs q_j of past tokens), nothing for a pruned layer."""
+        cfg, D = self.config, self.config.n_embd // self.config.n_head
+        per_layer = (2 * cfg.n_kv_head + cfg.n_head * cfg.use_reciprocity) * D
+        kept = sum(1 for i in range(cfg.n_layer) if i not in attn_skip_layers)
+        return per_layer * kept * torch.empty((), dtype=dtype).element_size()
+
+    # ---------------------------------------------------------------- pretrained GPT-2
+    @classmethod
+    def from_pretrained(cls, name_or_dir, **overrides):
+        """OpenAI GPT-2 weights in the Hugging Face layout, from a local directory (config.json and
+        model.safetensors or pytorch_model.bin) or by name through `transformers`; `overrides` add
+        lens mechanisms (or dropout) on top. The new mechanisms start from their usual init."""
+        if os.path.isdir(name_or_dir):
+            with open(os.path.join(name_or_dir, "config.json")) as f:
+                hf = json.load(f)
+            st = os.path.join(name_or_dir, "model.safetensors")
+            if os.path.exists(st):
+                from safetensors.torch import load_file
+                sd = load_file(st)
+            else:
+                sd = torch.load(os.path.join(name_or_dir, "pytorch_model.bin"), map_location="cpu",
+                                weights_only=True)
+        else:
+            try:
+                from transformers import GPT2LMHeadModel
+            except ImportError:
+                raise ValueError(f"{name_or_dir!r} is not a directory, and loading GPT-2 by name "
+                                 "needs `pip install transformers`") from None
+            hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
+            hf, sd = hf_model.config.to_dict(), hf_model.state_dict()
+        args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                    block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True)
+        act = hf.get("activation_function", "gelu_new")
+        if act != "gelu_new" or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise ValueError(f"only GPT-2's gelu_new and layer_norm_epsilon=1e-5 are supported, got {act}")
+        for k, v in overrides.items():
+            if k in args and v != args[k]:
+                raise ValueError(f"{k}={v} does not match the pretrained weights ({k}={args[k]})")
+        model = cls(GPTConfig(**{**args, **overrides}))
+        # HF's Conv1D stores weights as (in, out); nn.Linear wants (out, in)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        ours = {}
+        for k, v in sd.items():
+            k = k.removeprefix("transformer.")
+            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+                continue  # causal-mask buffers; lm_head is tied to wte
+            ours["transformer." + k] = v.t() if k.endswith(conv1d) else v
+        load_base_weights(model, ours)
+        return model
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=()):
+        """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers))
+        return torch.cat([idx] + new, dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=()):
+        """Yield max_new_tokens sampled tokens (b, 1), one at a time. With the KV cache: prefill the
+        prompt in one pass, then feed one token per step. Without it: recompute the context every
+        step, as nanoGPT does. Both condition on the last block_size tokens: once the cache is full,
+        each step prefills the last block_size tokens again, so the two paths give the same logits."""
+        bs = self.config.block_size
+        cache = KVCache(self, idx.size(0), attn_skip_layers=attn_skip_layers) if kv_cache else None
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = self(idx[:, -bs:], attn_skip_layers=attn_skip_layers)
+            elif cache.length == 0 or cache.length == bs:
+                cache.length = 0
+                logits, _ = self(idx[:, -bs:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k)
+            idx = torch.cat((idx, nxt), dim=1)
+            yield nxt
+
+
+class KVCache:
+    """Per-layer decoding state, preallocated for max_len tokens (block_size by default) on the
+    first write, in the dtype and device of what is written. Each layer keeps exactly what its
+    mechanisms need: K and V for n_kv_head heads, Q as well with reciprocity (S^T[t, j] = q_j . k_t),
+    nothing for discoverability (d_j is recomputed from K), nothing at all for a pruned layer."""
+
+    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=()):
+        cfg = unwrap(model).config
+        self.batch_size, self.max_len = batch_size, max_len or cfg.block_size
+        self.attn_skip_layers = set(attn_skip_layers)
+        self.length = 0  # positions filled; GPT.forward advances it
+        self.layers = [None if i in self.attn_skip_layers else _LayerCache(self, cfg.use_reciprocity)
+                       for i in range(cfg.n_layer)]
+
+    def nbytes(self):
+        """Bytes of the tensors the cache actually holds."""
+        return sum(t.numel() * t.element_size() for c in self.layers if c is not None for t in c.tensors())
+
+
+class _LayerCache:
+    def __init__(self, owner, keep_q):
+        self.owner, self.keep_q = owner, keep_q
+        self.k = self.v = self.q = None
+
+    def tensors(self):
+        return [t for t in (self.k, self.v, self.q) if t is not None]
+
+    def update(self, k, v, q):
+        """Write this chunk at the owner's position; return the visible K, V, Q and the past length."""
+        p, t = self.owner.length, k.size(2)
+        if self.k is None:
+            shape = lambda x: (self.owner.batch_size, x.size(1), self.owner.max_len, x.size(3))
+            self.k, self.v = k.new_empty(shape(k)), v.new_empty(shape(v))
+            if self.keep_q:
+                self.q = q.new_empty(shape(q))
+        self.k[:, :, p:p + t], self.v[:, :, p:p + t] = k, v
+        if self.keep_q:
+            self.q[:, :, p:p + t] = q
+        return self.k[:, :, :p + t], self.v[:, :, :p + t], (self.q[:, :, :p + t] if self.keep_q else None), p
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """One token per row from the last-position logits; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+# The parameters that exist only because a lens mechanism is on; everything else is GPT-2.
+MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
+                  ".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")
+
+
+def load_base_weights(model, sd):
+    """Copy GPT-2 weights `sd` (our layout) into `model`, whose lens mechanisms keep their init.
+    Any GPT-2 weight the model needs but `sd` lacks, or a shape mismatch, is an error; an MLP that
+    `model` does not have (mlp_disabled) is dropped."""
+    target = model.state_dict()
+    for k, v in sd.items():
+        if k not in target:
+            if model.config.mlp_disabled and (".mlp." in k or ".ln_2." in k):
+                continue
+            raise ValueError(f"unexpected weight {k} in the source state dict")
+        if target[k].shape != v.shape:
+            raise ValueError(f"shape mismatch for {k}: source {tuple(v.shape)}, model {tuple(target[k].shape)}")
+        with torch.no_grad():
+            target[k].copy_(v)
+    missing = [k for k in target if k not in sd and not k.endswith(MECHANISM_KEYS) and k != "lm_head.weight"]
+    if missing:
+        raise ValueError(f"source state dict lacks {len(missing)} GPT-2 weights, e.g. {missing[0]}")
+
+
+def patch_gpt2_with_lens_attention(model, **options):
+    """The seeds' entry point: a GPT-2 (a GPT, a Hugging Face name or a local directory) with
+    lens mechanisms added on top. Returns (new_model, config)."""
+    if isinstance(model, str):
+        new = GPT.from_pretrained(model, **options)
+    else:
+        model = unwrap(model)
+        new = GPT(replace(model.config, **options))
+        base = {k: v for k, v in model.state_dict().items() if not k.endswith(MECHANISM_KEYS)}
+        load_base_weights(new, base)
+        new.to(next(model.parameters()).device)
+    return new, new.config
+
+
+# -------------------------------------------------------------------- route annealing, analysis
+def unwrap(model):
+    """The GPT inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def route_bias_at(step, cfg):
+    """The route bias at `step`: 0 before route_anneal_start, then linear to
+    route_anneal_target - init_route_gate at route_anneal_end, constant after."""
+    total = cfg.route_anneal_target - cfg.init_route_gate
+    if step < cfg.route_anneal_start:
+        return 0.0
+    if step >= cfg.route_anneal_end:
+        return total
+    return total * (step - cfg.route_anneal_start) / (cfg.route_anneal_end - cfg.route_anneal_start)
+
+
+def apply_route_annealing(model, step, cfg=None):
+    """Set every block's route bias for `step` (a no-op without route gates); returns the bias.
+    `cfg` is a GPTConfig or a dict of its fields; by default the model's own config."""
+    model = unwrap(model)
+    if cfg is None:
+        cfg = model.config
+    elif isinstance(cfg, dict):
+        cfg = replace(model.config, **{k: v for k, v in cfg.items() if k.startswith(("route_", "init_route"))})
+    bias = route_bias_at(step, cfg)
+    for block in model.transformer.h:
+        if block.use_route:
+            block.route_bias.fill_(bias)
+    return bias
+
+
+def _route_gates(model):
+    model = unwrap(model)
+    if not model.config.use_route_gate:
+        raise ValueError("this model has no route gates (use_route_gate=False)")
+    return [block.route_gate().item() for block in model.transformer.h]
+
+
+def get_mean_route_gate(model):
+    g = _route_gates(model)
+    return sum(g) / len(g)
+
+
+def analyze_route_gates(model):
+    g = _route_gates(model)
+    return {"mean_route_gate": sum(g) / len(g), "min_route_gate": min(g), "max_route_gate": max(g),
+            "per_layer": g}
+
+
+@torch.no_grad()
+def analyze_lens_gates(model):
+    """Mean lens weights over heads and layers, and per layer and head. A disabled term's weight
+    is exactly 0 (and w_std is 1 when no term is enabled)."""
+    layers = []
+    for block in unwrap(model).transformer.h:
+        w = [t.tolist() for t in block.attn.lens_weights()]
+        layers.append({"w_std": w[0], "w_rec": w[1], "w_disc": w[2]})
+    out = {}
+    for name in ("w_std", "w_rec", "w_disc"):
+        vals = [v for layer in layers for v in layer[name]]
+        out[f"mean_{name}"] = sum(vals) / len(vals)
+    out["per_layer"] = layers
+    return out
+
+
+@torch.no_grad()
+def attention_contribution(model, idx):
+    """Per layer: the norm of the attention branch (g a, or a) over the norm of the block's whole
+    update (x_next - x), on the batch idx. Low means the block leans on its MLP: a pruning candidate."""
+    model = unwrap(model)
+    tr = model.transformer
+    x = tr.drop(tr.wte(idx) + tr.wpe(torch.arange(idx.size(1), device=idx.device)))
+    ratios = []
+    for block in tr.h:
+        a = block.attn(block.ln_1(x))
+        branch = block.route_gate() * a if block.use_route else a
+        x_next = block(x)
+        ratios.append((branch.norm() / (x_next - x).norm()).item())
+        x = x_next
+    return ratios
+
+
+def mechanism_param_counts(model):
+    """Parameters owned by each lens mechanism, from the model's own tensors."""
+    groups = {"discoverability u": (".attn.u",), "lens gates": (".attn.lens_gates",),
+              "route gate": (".route_raw",),
+              "MLP context": (".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")}
+    return {name: sum(p.numel() for k, p in unwrap(model).named_parameters() if k.endswith(sfx))
+            for name, sfx in groups.items()}
+
+
+def print_architecture_summary(model):
+    """Each mechanism's parameters and overhead against GPT-2 of the same shape, and the KV-cache
+    bytes per token this config implies."""
+    model = unwrap(model)
+    cfg = model.config
+    base_cfg = GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)
+                            if f.name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")})
+    with torch.device("meta"):
+        base = GPT(base_cfg)
+    n_base, n = base.get_num_params(non_embedding=False), model.get_num_params(non_embedding=False)
+    on = [k for k in ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
+                      "mlp_ctx_conductor", "mlp_disabled") if getattr(cfg, k)]
+    print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV), {cfg.n_embd} wide, "
+          f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}; on: {', '.join(on) or 'nothing (GPT-2)'}")
+    for name, count in mechanism_param_counts(model).items():
+        print(f"  {name:<18} {count:>12,d} params  {100 * count / n_base:7.3f}% of GPT-2")
+    print(f"  {'total':<18} {n:>12,d} params  {100 * (n - n_base) / n_base:+7.3f}% vs GPT-2 "
+          f"({n_base:,d}, incl. embeddings)")
+    kv, kv_base = model.kv_cache_bytes_per_token(torch.float16), base.kv_cache_bytes_per_token(torch.float16)
+    print(f"  KV cache: {kv:,d} bytes/token in fp16 ({kv / kv_base:.2f}x GPT-2's {kv_base:,d}), "
+          f"{kv * cfg.block_size:,d} bytes for a full {cfg.block_size}-token context")

@@ -1,0 +1,124 @@
+"""
+Sample from a trained model, streaming tokens as they are made, with the KV cache by default.
+
+$ python sample.py --out_dir=out-ablation_full
+$ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers=(4,5)
+$ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip install transformers`
+"""
+import codecs
+import os
+import pickle
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from configurator import configure
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = "resume"  # 'resume' (from out_dir) or a GPT-2 name / local Hugging Face directory
+out_dir = "out"
+start = "\n"  # or "<|endoftext|>" or "FILE:prompt.txt"; empty: a newline (characters) or end-of-text (BPE)
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = greedy
+top_k = 200  # keep only the top_k most likely tokens; 0 keeps all
+seed = 1337
+device = None  # None: cuda, then mps, then cpu
+dtype = None  # None: bfloat16 where supported on CUDA, else float32
+compile = False
+kv_cache = True
+attn_skip_layers = ()  # run these layers with attention removed (they keep no cache)
+# -----------------------------------------------------------------------------
+configure(globals(), sys.argv[1:])
+
+
+def die(msg):
+    raise SystemExit(f"error: {msg}")
+
+
+if device is None:
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+device_type = "cuda" if "cuda" in device else "mps" if "mps" in device else "cpu"
+if dtype is None:
+    dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+if ptdtype is None:
+    die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+torch.manual_seed(seed)
+
+meta = None
+if init_from == "resume":
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    checkpoint = load_checkpoint(ckpt_path, map_location=device)
+    model = model_from_checkpoint(checkpoint, ckpt_path)
+    dataset = checkpoint["config"].get("dataset")
+    meta_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", str(dataset), "meta.pkl")
+    if os.path.isfile(meta_path):
+        with open(meta_path, "rb") as f:
+            meta = pickle.load(f)
+else:
+    try:
+        model = GPT.from_pretrained(init_from)
+    except (OSError, ValueError) as e:
+        die(f"cannot load {init_from}: {e}")
+bad = [i for i in attn_skip_layers if not (isinstance(i, int) and 0 <= i < model.config.n_layer)]
+if bad:
+    die(f"attn_skip_layers {bad} are not layers of this {model.config.n_layer}-layer model")
+model.eval().to(device)
+if compile:  # generation calls forward directly, so compile that (shapes vary: prefill, decode)
+    model.forward = torch.compile(model.forward, dynamic=True)
+
+if meta is not None and "stoi" in meta:  # a character-level vocabulary
+    stoi, itos, empty = meta["stoi"], meta["itos"], "\n"
+
+    def encode(s):
+        missing = sorted({c for c in s if c not in stoi})
+        if missing:
+            die(f"the prompt has characters this model's vocabulary lacks: {''.join(missing)!r}")
+        return [stoi[c] for c in s]
+
+    def make_decoder():
+        return lambda ids: "".join(itos[i] for i in ids)
+else:
+    import tiktoken
+    enc, empty = tiktoken.get_encoding("gpt2"), "<|endoftext|>"
+
+    def encode(s):
+        return enc.encode(s, allowed_special={"<|endoftext|>"})
+
+    def make_decoder():  # a BPE token can end inside a UTF-8 character: decode the bytes incrementally
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda ids: utf8.decode(enc.decode_bytes(ids))
+
+if start.startswith("FILE:"):
+    path = start[5:]
+    if not os.path.isfile(path):
+        die(f"prompt file {path} not found")
+    with open(path, encoding="utf-8") as f:
+        start = f.read()
+ids = encode(start or empty)
+if len(ids) > model.config.block_size:
+    print(f"warning: the prompt has {len(ids)} tokens; keeping the last {model.config.block_size} (block_size)",
+          file=sys.stderr)
+    ids = ids[-model.config.block_size:]
+x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+
+top_k = top_k or None
+for k in range(num_samples):
+    dec = make_decoder()
+    sys.stdout.write(dec(ids))
+    t0, n = time.perf_counter(), 0
+    with ctx:
+        for tok in model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers):
+            sys.stdout.write(dec(tok[0].tolist()))
+            sys.stdout.flush()
+            n += 1
+    dt = time.perf_counter() - t0
+    print(f"\n---------------  [{n} tokens in {dt:.2f}s, {n / dt:.1f} tokens/s, "
+          f"kv_cache={kv_cache}]", flush=True)

@@ -1,0 +1,135 @@
+"""train.py end to end: every ablation config trains, resume is exact, saves are atomic, bad
+settings are one-line errors, DDP on two CPU processes matches one process, wandb offline works."""
+import glob
+import os
+import re
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, save_checkpoint
+from conftest import ROOT, TINY, run
+
+ABLATIONS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "config", "ablation_*.py")))
+
+
+def val_losses(stdout):
+    return [float(v) for v in re.findall(r"val loss (\d+\.\d+)", stdout)]
+
+
+def test_every_ablation_config_has_a_first_line_comment():
+    assert len(ABLATIONS) == 15
+    for name in ABLATIONS:
+        with open(os.path.join(ROOT, "config", name)) as f:
+            assert f.readline().startswith("# "), name
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablation_trains_and_loss_falls(name, char_data, tmp_path):
+    p = run("train.py", f"config/{name}", *TINY, "--max_iters=40", "--eval_interval=40", "--learning_rate=3e-3",
+            f"--out_dir={tmp_path}")
+    losses = val_losses(p.stdout)
+    assert len(losses) == 2 and losses[1] < losses[0] - 0.3, p.stdout
+    ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["iter_num"] == 40 and ckpt["config"]["max_iters"] == 40
+
+
+def test_resume_is_exact(char_data, tmp_path):
+    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--eval_interval=10", "--always_save_checkpoint=True"]
+    run("train.py", *common, "--max_iters=20", f"--out_dir={tmp_path / 'straight'}")
+    run("train.py", *common, "--max_iters=10", f"--out_dir={tmp_path / 'split'}")
+    p = run("train.py", *common, "--max_iters=20", "--init_from=resume", f"--out_dir={tmp_path / 'split'}")
+    assert "step 10:" in p.stdout and "step 0:" not in p.stdout
+    a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
+    b = load_checkpoint(str(tmp_path / "split" / "ckpt.pt"))
+    assert a["iter_num"] == b["iter_num"] == 20
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa:
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
+
+
+def test_a_killed_save_loses_nothing(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    old = {"model": {"w": torch.ones(3)}, "model_args": {}, "iter_num": 1, "best_val_loss": 2.0, "config": {}}
+    save_checkpoint(old, path)
+
+    def dies_halfway(obj, f):  # the process is killed after writing part of the file
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({**old, "iter_num": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iter_num"] == 1  # the previous checkpoint is intact
+
+
+def test_resume_after_a_killed_save_continues(char_data, tmp_path):
+    run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=10", "--eval_interval=10", f"--out_dir={tmp_path}")
+    with open(tmp_path / "ckpt.pt.tmp", "wb") as f:  # the leftovers of a save that was killed
+        f.write(b"garbage")
+    p = run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=20", "--eval_interval=10",
+            "--init_from=resume", f"--out_dir={tmp_path}")
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20, p.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--n_layers=2"], "unknown config key 'n_layers' (did you mean 'n_layer'?)"),
+    (["--max_iters=ten"], "config key 'max_iters' wants a int, got 'ten'"),
+    (["--use_reciprocity=1"], "config key 'use_reciprocity' wants a bool"),
+    (["config/nope.py"], "config file config/nope.py not found"),
+    (["--dataset=nope"], "data/nope/train.bin not found; prepare it with: python data/nope/prepare.py"),
+    (["--n_kv_head=4", "--n_head=6"], "n_kv_head=4 must divide n_head=6"),
+    (["--init_from=resume", "--out_dir=/nonexistent/x"], "no checkpoint at /nonexistent/x/ckpt.pt"),
+])
+def test_configuration_errors_are_one_line(args, message, char_data):
+    p = run("train.py", *args, "--device=cpu", check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [f"error: {message}"] or message in p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_config_file_is_one_line(tmp_path, char_data):
+    bad = tmp_path / "bad.py"
+    bad.write_text("n_layer = 1 / 0\n")
+    p = run("train.py", str(bad), check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"error: config file {bad} failed: ZeroDivisionError: division by zero"
+    bad.write_text("learning_rte = 1e-3\n")
+    p = run("train.py", str(bad), check=False)
+    assert p.stderr.strip() == "error: unknown config key 'learning_rte' (did you mean 'learning_rate'?)"
+
+
+def test_checkpoint_errors(char_data, tmp_path):
+    run("train.py", "config/ablation_baseline.py", *TINY, "--max_iters=5", "--eval_interval=5", f"--out_dir={tmp_path}")
+    p = run("train.py", "config/ablation_lens.py", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "was trained with use_reciprocity=False but the config says use_reciprocity=True" in p.stderr
+    data = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])  # truncated
+    p = run("train.py", "config/ablation_baseline.py", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "is not a readable checkpoint (truncated or corrupt?)" in p.stderr
+
+
+def test_ddp_two_cpu_processes_match_one(char_data, tmp_path):
+    common = ["config/ablation_full.py", *TINY, "--max_iters=6", "--eval_interval=3", "--gradient_accumulation_steps=2"]
+    one = run("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    two = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *common,
+              f"--out_dir={tmp_path / 'two'}", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    a, b = val_losses(one.stdout), val_losses(two.stdout)
+    assert len(a) == len(b) == 3
+    assert a == pytest.approx(b, abs=1e-4), (a, b)
+    ca, cb = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("one", "two"))
+    for k in ca["model"]:
+        assert torch.allclose(ca["model"][k], cb["model"][k], atol=1e-5), k
+
+
+def test_wandb_offline_writes_files(char_data, tmp_path):
+    pytest.importorskip("wandb")
+    run("train.py", "config/ablation_route_gate.py", *TINY, "--max_iters=4", "--eval_interval=2", "--wandb_log=True",
+        f"--out_dir={tmp_path}", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
+    assert runs, os.listdir(tmp_path)

@@ -1,0 +1,346 @@
+"""
+Train a lens-gated GPT-2. Settings are the globals below; config files and --key=value override them:
+
+$ python train.py config/ablation_full.py                      # one ablation, character Shakespeare
+$ python train.py config/ablation_full.py config/cpu.py        # the same ablation, laptop scale
+$ python train.py config/ablation_lens.py --max_iters=1000 --device=cpu
+$ torchrun --standalone --nproc_per_node=8 train.py config/ablation_full.py config/gpt2_124m.py
+
+Every source of randomness (batches, dropout) is a function of (seed, iteration, micro-step), so a
+resumed run continues exactly where the interrupted one was, on any number of processes.
+"""
+import hashlib
+import math
+import os
+import pickle
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+
+import numpy as np
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from configurator import configure
+from model import GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
+
+# -----------------------------------------------------------------------------
+# defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases
+out_dir = "out"
+eval_interval = 250
+log_interval = 10
+eval_iters = 200
+eval_only = False
+always_save_checkpoint = False  # False: save only when val loss improves (the last save is always kept)
+init_from = "scratch"  # 'scratch', 'resume', or a GPT-2 name / local Hugging Face directory
+seed = 1337
+# wandb
+wandb_log = False
+wandb_project = "lensgpt"
+wandb_run_name = "run"
+# data
+dataset = "shakespeare_char"
+gradient_accumulation_steps = 1
+batch_size = 64
+block_size = 256
+# model (GPTConfig fields)
+n_layer = 6
+n_head = 6
+n_embd = 384
+n_kv_head = None
+dropout = 0.2
+bias = True
+use_reciprocity = False
+use_discoverability = False
+lens_gate_init = (2.2, 0.6, 0.1)
+use_route_gate = False
+init_route_gate = 0.8
+route_anneal_start = 666  # the seeds' 2000 -> 10000 window of 15000 steps, scaled to 5000
+route_anneal_end = 3333
+route_anneal_target = -1.0
+mlp_use_ctx_summary = False
+mlp_ctx_rank = 128
+mlp_ctx_alpha_init = 0.1
+mlp_ctx_conductor = False
+mlp_disabled = False
+mlp_expansion_ratio = 4.0
+# AdamW
+learning_rate = 1e-3
+max_iters = 5000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # 0 disables
+# learning rate schedule: linear warmup, cosine decay to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 5000
+min_lr = 1e-4
+# system
+backend = None  # DDP backend; None: nccl on CUDA, gloo otherwise
+device = None  # None: cuda, then mps, then cpu
+dtype = None  # None: bfloat16 where supported on CUDA, else float16 on CUDA, float32 elsewhere
+compile = None  # None: on for CUDA only
+# -----------------------------------------------------------------------------
+config_keys = configure(globals(), sys.argv[1:])
+config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
+model_keys = [f.name for f in fields(GPTConfig)]
+
+
+def die(msg):
+    raise SystemExit(f"error: {msg}")
+
+
+# -------------------------------------------------------------------- system
+ddp = int(os.environ.get("RANK", -1)) != -1
+if device is None:
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+device_type = "cuda" if "cuda" in device else "mps" if "mps" in device else "cpu"
+if device_type == "cuda" and not torch.cuda.is_available():
+    die(f"device={device} but CUDA is not available")
+if dtype is None:
+    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+if dtype not in ("float32", "bfloat16", "float16"):
+    die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+if compile is None:
+    compile = device_type == "cuda"
+if not isinstance(compile, bool):
+    die(f"compile must be True or False, got {compile!r}")
+if ddp:
+    from torch.distributed import destroy_process_group, init_process_group
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    init_process_group(backend=backend or ("nccl" if device_type == "cuda" else "gloo"))
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if device_type == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % world_size:
+        die(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} processes")
+    gradient_accumulation_steps //= world_size
+else:
+    rank, world_size = 0, 1
+master = rank == 0
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+if master:
+    print(f"tokens per iteration: {tokens_per_iter:,}")
+    os.makedirs(out_dir, exist_ok=True)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+# -------------------------------------------------------------------- data
+data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+for split in ("train", "val"):
+    if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
+        die(f"{data_dir}/{split}.bin not found; prepare it with: python data/{dataset}/prepare.py")
+meta_vocab_size, data_dtype = None, np.uint16
+if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
+    with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
+        meta = pickle.load(f)
+    meta_vocab_size, data_dtype = meta["vocab_size"], np.dtype(meta.get("dtype", "uint16"))
+if master and meta_vocab_size:
+    print(f"vocab_size = {meta_vocab_size} (from {data_dir}/meta.pkl)")
+
+
+def stable_seed(*key):
+    """A seed from (seed, *key), the same in every process and every run (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(repr((seed,) + key).encode()).digest()[:8], "little") % 2**63
+
+
+def generator(*key):
+    """A torch RNG for this (iteration, micro-step, ...): randomness that a resume reproduces."""
+    return torch.Generator().manual_seed(stable_seed(*key))
+
+
+def get_batch(split, gen):
+    # a fresh memmap per batch, as in nanoGPT: a long-lived one leaks memory
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=data_dtype, mode="r")
+    if len(data) <= block_size:
+        die(f"{split}.bin holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=gen)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    if device_type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# -------------------------------------------------------------------- model
+iter_num, best_val_loss = 0, 1e9
+model_args = {k: globals()[k] for k in model_keys if k in globals()}
+model_args["vocab_size"] = meta_vocab_size or 50304
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+checkpoint = None
+torch.manual_seed(seed)  # the initial weights
+if init_from == "scratch":
+    try:
+        model = GPT(GPTConfig(**model_args))
+    except (TypeError, ValueError) as e:
+        die(f"bad model settings: {e}")
+elif init_from == "resume":
+    checkpoint = load_checkpoint(ckpt_path, map_location=device)
+    for k in model_keys:  # the architecture comes from the checkpoint; a config that disagrees is an error
+        if k in checkpoint["model_args"] and k != "dropout" and checkpoint["model_args"][k] != model_args[k]:
+            want = checkpoint["model_args"][k]
+            die(f"{ckpt_path} was trained with {k}={want!r} but the config says {k}={model_args[k]!r}")
+    model = model_from_checkpoint(checkpoint, ckpt_path)
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+else:
+    lens = {k: model_args[k] for k in model_keys if k not in ("block_size", "vocab_size", "n_layer", "n_head",
+                                                             "n_embd", "bias", "n_kv_head")}
+    try:
+        model = GPT.from_pretrained(init_from, **lens)
+    except (OSError, ValueError) as e:
+        die(f"cannot load {init_from}: {e}")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    model_args = {f.name: getattr(model.config, f.name) for f in fields(GPTConfig)}
+if block_size > model.config.block_size:
+    die(f"block_size={block_size} exceeds the model's {model.config.block_size}")
+model.to(device)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+checkpoint = None  # free memory
+raw_model = model
+if compile:
+    if master:
+        print("compiling the model... (takes a ~minute)")
+    model = torch.compile(model)
+if ddp:
+    # route_bias is the one buffer, and every rank sets it from the iteration: nothing to broadcast
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
+eval_model = model.module if ddp else model  # only the master evaluates: no collectives there
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches of each split; the same batches at every evaluation."""
+    out = {}
+    model.eval()
+    for split in ("train", "val"):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, generator("eval", split, k))
+            with ctx:
+                _, loss = eval_model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def gate_stats():
+    """Lens weights and route gates, flat, for logs."""
+    stats = {}
+    if raw_model.config.use_reciprocity or raw_model.config.use_discoverability:
+        lens = analyze_lens_gates(raw_model)
+        stats.update({k: v for k, v in lens.items() if k.startswith("mean_")})
+    if raw_model.config.use_route_gate:
+        route = analyze_route_gates(raw_model)
+        stats.update({k: v for k, v in route.items() if k != "per_layer"})
+        stats.update({f"route_gate/{i}": g for i, g in enumerate(route["per_layer"])})
+    return stats
+
+
+if wandb_log and master:
+    try:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
+    except Exception as e:  # logging must never stop training
+        print(f"warning: wandb could not start ({type(e).__name__}: {e}); training goes on without it")
+        wandb_log = False
+
+# -------------------------------------------------------------------- training loop
+bar = None
+if master and sys.stdout.isatty() and not eval_only:
+    from tqdm import tqdm
+    bar = tqdm(total=max_iters, initial=iter_num, dynamic_ncols=True)
+log = bar.write if bar is not None else print
+t0 = time.time()
+local_iter_num, running_mfu = 0, -1.0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    apply_route_annealing(raw_model, iter_num)
+
+    if iter_num % eval_interval == 0 or iter_num >= max_iters:
+        if master:
+            losses = estimate_loss()
+            stats = gate_stats()
+            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
+            if wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                           "mfu": running_mfu * 100, **stats})
+            if losses["val"] < best_val_loss or always_save_checkpoint or iter_num >= max_iters:
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > 0 or init_from == "resume":
+                    save_checkpoint({
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
+                        "best_val_loss": best_val_loss, "val_loss": losses["val"], "config": config,
+                    }, ckpt_path)
+                    log(f"saved checkpoint to {ckpt_path}")
+        if ddp:  # everyone waits for the master's eval and save
+            torch.distributed.barrier()
+    if eval_only or iter_num >= max_iters:
+        break
+
+    # forward/backward over the micro-steps; rank r takes global micro-steps r, r + world_size, ...
+    torch.manual_seed(stable_seed("dropout", iter_num, rank))
+    for micro_step in range(gradient_accumulation_steps):
+        X, Y = get_batch("train", generator("train", iter_num, micro_step * world_size + rank))
+        if ddp:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with ctx:
+            logits, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    t1 = time.time()
+    dt, t0 = t1 - t0, t1
+    if iter_num % log_interval == 0 and master:
+        lossf = loss.item() * gradient_accumulation_steps  # a host sync: only at log_interval
+        if local_iter_num >= 5:  # let the first iterations settle
+            mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps * world_size, dt)
+            running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+        stats = gate_stats()
+        if bar is not None:
+            bar.set_postfix_str(f"loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms"
+                                + (f", g {stats['mean_route_gate']:.3f}" if "mean_route_gate" in stats else ""))
+        else:
+            log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%"
+                + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
+    if bar is not None:
+        bar.update(1)
+    iter_num += 1
+    local_iter_num += 1
+
+if bar is not None:
+    bar.close()
+if wandb_log and master:
+    wandb.finish()
+if ddp:
+    destroy_process_group()
