@@ -41,15 +41,16 @@ compile = False
 configure(globals(), sys.argv[1:])
 
 
-def peak_bytes_of_step(step):
-    """Peak bytes of live tensors while `step()` runs: CUDA's allocator statistics, or on a CPU the
-    profiler's memory timeline (every tensor created and freed, plus those alive before)."""
+def peak_bytes_of_step(step, others):
+    """Peak bytes of live tensors while `step()` runs, its model's weights and optimizer state
+    included: CUDA's allocator statistics less `others` (what the other configs' runners hold), or
+    on a CPU the profiler's memory timeline (every tensor the step touches, created or pre-existing)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
+        return torch.cuda.max_memory_allocated() - others
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
@@ -66,6 +67,7 @@ def peak_bytes_of_step(step):
 
 
 def make_runner(name, settings):
+    others = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                     n_embd=n_embd, dropout=dropout, bias=bias, **settings)
@@ -86,7 +88,7 @@ def make_runner(name, settings):
 
     for _ in range(warmup):
         step()
-    return dict(name=name, step=step, params=model.get_num_params(), times=[], peak=peak_bytes_of_step(step))
+    return dict(name=name, step=step, params=model.get_num_params(), times=[], peak=peak_bytes_of_step(step, others))
 
 
 def timed(step):

@@ -18,7 +18,6 @@ Weights are random for 1-3 (cost does not depend on training); 4 uses the checkp
 import glob
 import json
 import os
-import pickle
 import platform
 import sys
 import time
@@ -29,7 +28,8 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, model_settings
-from model import GPT, GPTConfig, KVCache, attention_contribution
+from evaluate import pruning_orders, val_batches, val_loss
+from model import GPT, GPTConfig, KVCache
 
 # -----------------------------------------------------------------------------
 configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), or 'all'
@@ -132,38 +132,17 @@ def pruning_curve(path):
     """Validation loss as attention is removed layer by layer, for each ranking of the layers."""
     ck = load_checkpoint(path, map_location=device)
     model = model_from_checkpoint(ck, path).to(device).eval()
-    cfg, name = model.config, os.path.basename(os.path.dirname(os.path.abspath(path)))
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", str(ck["config"]["dataset"]))
-    data_dtype = np.uint16
-    if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
-            data_dtype = np.dtype(pickle.load(f).get("dtype", "uint16"))
-    if not os.path.isfile(os.path.join(data_dir, "val.bin")):
-        raise SystemExit(f"error: {data_dir}/val.bin not found; prepare it with: python data/{ck['config']['dataset']}/prepare.py")
-    data = np.memmap(os.path.join(data_dir, "val.bin"), dtype=data_dtype, mode="r")
-    T, g = cfg.block_size, torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(eval_batches):
-        ix = torch.randint(len(data) - T, (eval_batch_size,), generator=g).tolist()
-        x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix]).to(device)
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix]).to(device)
-        batches.append((x, y))
-
-    def val_loss(skip):
-        with torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32):
-            return sum(model(x, y, attn_skip_layers=skip)[1].item() for x, y in batches) / len(batches)
-
-    contrib = np.mean([attention_contribution(model, x) for x, _ in batches], axis=0).tolist()
-    rankings = {"contribution": sorted(range(cfg.n_layer), key=lambda i: contrib[i])}
-    if cfg.use_route_gate:
-        gates = [b.route_gate().item() for b in model.transformer.h]
-        rankings["route_gate"] = sorted(range(cfg.n_layer), key=lambda i: gates[i])
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    batches = val_batches(ck["config"]["dataset"], model.config.block_size, eval_batches, eval_batch_size, device, seed)
+    orders, contrib = pruning_orders(model, batches)
     rows = []
-    for ranking, order in rankings.items():
-        for k in range(cfg.n_layer + 1):
+    for ranking, order in orders.items():
+        for k in range(model.config.n_layer + 1):
             skip = tuple(sorted(order[:k]))
+            with torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32):
+                loss = val_loss(model, batches, skip)
             rows.append(dict(config=name, checkpoint=path, ranking=ranking, layers_pruned=k, pruned=list(skip),
-                             val_loss=val_loss(skip), kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
+                             val_loss=loss, kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
                              attention_contribution=contrib))
     return rows
 

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -130,8 +131,7 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         if not (self.use_rec or self.use_disc):  # plain GPT-2 attention
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=is_causal)
+            y = sdpa(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         else:
             w_std, w_rec, w_disc = (w.to(x.dtype).view(1, H, 1, 1) for w in self.lens_weights())
             u = self.u.to(x.dtype).unsqueeze(1) if self.use_disc else None  # (H, 1, D)
@@ -157,6 +157,19 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+# cuDNN attention builds a new execution plan for every new sequence length, which costs ms per
+# call: fine for training (one length), ruinous for generation (a new length every token)
+INFERENCE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa(*args, **kw):
+    """scaled_dot_product_attention, without cuDNN at inference on CUDA."""
+    if torch.is_grad_enabled() or not args[0].is_cuda:
+        return F.scaled_dot_product_attention(*args, **kw)
+    with sdpa_kernel(INFERENCE_BACKENDS):
+        return F.scaled_dot_product_attention(*args, **kw)
+
+
 def sdpa_rebuilding_operands(operands, **kw):
     """scaled_dot_product_attention(*operands(), **kw). For backward, autograd would keep the three
     widened operands alive: more memory than all of GPT-2's attention. Saved-tensor hooks keep
@@ -164,7 +177,7 @@ def sdpa_rebuilding_operands(operands, **kw):
     Under torch.compile the partitioner makes that trade by itself, and the hooks would break the graph."""
     ops = operands()
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return F.scaled_dot_product_attention(*ops, **kw)
+        return sdpa(*ops, **kw)
     index = {(t.data_ptr(), t.shape): i for i, t in enumerate(ops)}
     rebuilt = []
 
@@ -212,6 +225,12 @@ class MLP(nn.Module):
         alpha = self.alpha_raw.clamp(0.0, 1.0) if self.use_ctx else 0.0
         if self.use_ctx and self.conductor:  # a tensor mask, not an `if`: no host sync, one graph
             alpha = alpha * (g < 0.5).to(alpha.dtype)
+        if not torch.is_grad_enabled():  # inference: few tokens per call, where the weight-sized
+            # products below would cost more than they save; the same function, unfolded
+            if self.use_ctx:
+                ctx = 0.0 if resid is None else self.ctx_up(self.ctx_down(resid[1] - resid[0]))
+                h = (1 - alpha) * h + alpha * ctx
+            return keep * self.dropout(self.c_proj(h))
         bias = None if self.c_proj.bias is None else keep * self.c_proj.bias
         y = F.linear(h, (keep * (1 - alpha)) * self.c_proj.weight, bias)
         if self.use_ctx and resid is not None:  # None when this layer's attention is pruned: a = 0

@@ -273,6 +273,7 @@ if master and sys.stdout.isatty() and not eval_only:
 log = bar.write if bar is not None else print
 t0 = time.time()
 local_iter_num, running_mfu = 0, -1.0
+step_time, timed_iters = 0.0, 0  # for the mean time per training iteration kept in the checkpoint
 while True:
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
@@ -294,7 +295,8 @@ while True:
                     save_checkpoint({
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
-                        "best_val_loss": best_val_loss, "val_loss": losses["val"], "config": config,
+                        "best_val_loss": best_val_loss, "val_loss": losses["val"], "train_loss": losses["train"],
+                        "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
                     }, ckpt_path)
                     log(f"saved checkpoint to {ckpt_path}")
         if ddp:  # everyone waits for the master's eval and save
@@ -321,6 +323,8 @@ while True:
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1
+    if not (iter_num % eval_interval == 0) and local_iter_num >= 1:  # training alone: no eval, no compile warmup
+        step_time, timed_iters = step_time + dt, timed_iters + 1
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps  # a host sync: only at log_interval
         if local_iter_num >= 5:  # let the first iterations settle

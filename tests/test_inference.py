@@ -79,6 +79,17 @@ def test_pruned_attention_is_gone():
     assert torch.allclose(block(x, skip_attn=True), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["route_gate", "full", "conductor"])
+def test_inference_path_equals_training_path(name):
+    """Without autograd the MLP scales activations instead of folding into weights: same function."""
+    model = tiny(**CONFIGS[name]).eval()
+    idx = torch.randint(0, 61, (2, 32))
+    train_path, _ = model(idx, targets=idx)
+    with torch.no_grad():
+        infer_path, _ = model(idx, targets=idx)
+    assert torch.allclose(train_path, infer_path, atol=1e-5, rtol=0)
+
+
 def test_forward_past_block_size_is_an_error():
     model = tiny()
     with pytest.raises(ValueError, match="cannot forward 33 positions"):

@@ -1,0 +1,215 @@
+"""
+The ablation study in one command: train every config at one scale for one or more seeds (same
+iterations, batch and tokens for all), evaluate, and write results.json, report.md and a plot of
+validation loss against KV-cache bytes per token.
+
+$ python ablate.py                                  # every config/ablation_*.py at config/cpu.py scale, 1 seed
+$ python ablate.py --seeds=3 --configs=baseline,reciprocity,lens,full
+$ python ablate.py --dry_run=True
+$ python ablate.py --train_args="--max_iters=500"   # extra train.py arguments for every run
+
+Finished runs (those with a result.json) are skipped; a run that was killed resumes from its checkpoint.
+"""
+import glob
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from configurator import configure
+from evaluate import pruning_orders, val_batches, val_loss
+from model import analyze_lens_gates, analyze_route_gates
+
+# -----------------------------------------------------------------------------
+configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), or 'all'
+overlay = "config/cpu.py"  # the scale every run shares ('' for none)
+seeds = 1  # seeds 0 .. seeds-1
+train_args = ""  # more train.py arguments for every run, e.g. "--max_iters=500"
+out_root = "out-ablate"
+eval_batches = 20  # validation batches for the pruning evaluation
+eval_batch_size = 16
+dry_run = False
+# -----------------------------------------------------------------------------
+configure(globals(), sys.argv[1:])
+names = configs.split(",")
+if names == ["all"]:
+    names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
+names = ["baseline"] + [n for n in names if n != "baseline"]  # every comparison needs the baseline
+for n in names:
+    if not os.path.isfile(f"config/ablation_{n}.py"):
+        raise SystemExit(f"error: no config file config/ablation_{n}.py")
+if overlay and not os.path.isfile(overlay):
+    raise SystemExit(f"error: no overlay {overlay}")
+runs = [(n, s) for n in names for s in range(seeds)]
+run_dir = lambda n, s: os.path.join(out_root, n, f"seed{s}")
+
+
+@torch.no_grad()
+def evaluate(name, seed, out_dir, wall):
+    """The record of one finished run, from its final checkpoint."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    ck = load_checkpoint(path)
+    model = model_from_checkpoint(ck, path).eval()
+    cfg, tc = model.config, ck["config"]
+    batches = val_batches(tc["dataset"], cfg.block_size, eval_batches, eval_batch_size, "cpu")
+    orders, contrib = pruning_orders(model, batches)
+    half = cfg.n_layer // 2
+    lens = analyze_lens_gates(model)
+    tokens_per_iter = tc["batch_size"] * tc["block_size"] * tc["gradient_accumulation_steps"]
+    return {
+        "config": name, "seed": seed, "out_dir": out_dir,
+        "best_val_loss": ck["best_val_loss"], "final_val_loss": ck["val_loss"], "final_train_loss": ck["train_loss"],
+        "params": model.get_num_params(), "iters": ck["iter_num"], "tokens_seen": ck["iter_num"] * tokens_per_iter,
+        "ms_per_iter": ck["ms_per_iter"], "wall_s": wall,
+        "kv_bytes_per_token": model.kv_cache_bytes_per_token(torch.float16),  # at 16-bit inference precision
+        "lens_gates": {k: v for k, v in lens.items() if k.startswith("mean_")},
+        "route_gates": analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
+        "attention_contribution": contrib,
+        "half_pruned": {r: {"layers": sorted(o[:half]), "val_loss": val_loss(model, batches, tuple(o[:half])),
+                            "kv_bytes_per_token": model.kv_cache_bytes_per_token(torch.float16, o[:half])}
+                        for r, o in orders.items()},
+        "eval_val_loss": val_loss(model, batches),  # on the same batches as half_pruned
+    }
+
+
+# ----------------------------------------------------------------------------- train
+print(f"ablate: {len(names)} configs x {seeds} seeds = {len(runs)} runs at {overlay or 'the default scale'}"
+      + (f", train.py {train_args}" if train_args else ""))
+for i, (name, seed) in enumerate(runs, 1):
+    out_dir = run_dir(name, seed)
+    done = os.path.isfile(os.path.join(out_dir, "result.json"))
+    resume = not done and os.path.isfile(os.path.join(out_dir, "ckpt.pt"))
+    state = "done, skipped" if done else "resuming" if resume else "to train"
+    print(f"[run {i}/{len(runs)}] {name} seed {seed}: {state} ({out_dir})", flush=True)
+    if dry_run or done:
+        continue
+    cmd = [sys.executable, "train.py", f"config/ablation_{name}.py"] + ([overlay] if overlay else []) \
+        + shlex.split(train_args) + [f"--seed={1337 + seed}", f"--out_dir={out_dir}", "--always_save_checkpoint=True",
+                                     f"--wandb_run_name=ablate-{name}-seed{seed}"] + (["--init_from=resume"] if resume else [])
+    t0 = time.time()
+    if subprocess.run(cmd).returncode != 0:  # train.py streams its own progress bar and log
+        raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")
+    record = evaluate(name, seed, out_dir, time.time() - t0)
+    with open(os.path.join(out_dir, "result.json"), "w") as f:
+        json.dump(record, f, indent=1)
+if dry_run:
+    sys.exit(0)
+
+# ----------------------------------------------------------------------------- report
+records = []
+for name, seed in runs:
+    with open(os.path.join(run_dir(name, seed), "result.json")) as f:
+        records.append(json.load(f))
+with open(os.path.join(out_root, "results.json"), "w") as f:
+    json.dump(records, f, indent=1)
+
+
+def stats(values):
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+    return mean, std
+
+
+def summary(name):
+    rs = [r for r in records if r["config"] == name]
+    out = {"n": len(rs), "kv": rs[0]["kv_bytes_per_token"], "params": rs[0]["params"],
+           "ms": stats([r["ms_per_iter"] for r in rs])[0], "tokens": rs[0]["tokens_seen"]}
+    out["loss"], out["std"] = stats([r["best_val_loss"] for r in rs])
+    out["final"] = stats([r["final_val_loss"] for r in rs])[0]
+    for ranking in ("route_gate", "contribution"):
+        vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
+        out[f"half_{ranking}"] = stats(vals)[0] if vals else None
+    return out
+
+
+S = {n: summary(n) for n in names}
+base = S["baseline"]
+
+
+def compare(a, b="baseline"):
+    """(difference in mean best val loss, whether it exceeds twice its standard error over seeds)."""
+    d = S[a]["loss"] - S[b]["loss"]
+    se = math.sqrt(S[a]["std"] ** 2 / S[a]["n"] + S[b]["std"] ** 2 / S[b]["n"])
+    return d, (abs(d) > 2 * se) if not math.isnan(se) else None
+
+
+def verdict(a, b="baseline"):
+    d, real = compare(a, b)
+    if real is None:
+        return f"{a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}); one seed, so the spread is unknown"
+    if not real:
+        return f"no measurable difference: {a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}, within the seed spread)"
+    return (f"{'yes' if d < 0 else 'no, it hurts'}: {a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}, "
+            f"larger than the seed spread)")
+
+
+fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+lines = ["# Ablation report", "",
+         f"{len(names)} configs x {seeds} seeds, overlay `{overlay}`" + (f", `{train_args}`" if train_args else "")
+         + f"; {base['tokens']:,} training tokens per run. Loss: best validation loss (mean +- std over seeds). "
+         "Delta: against the baseline; 'real' when larger than twice its standard error over seeds. "
+         "KV: cache bytes per token at 16-bit precision. Half pruned: validation loss with attention removed from "
+         "half the layers, chosen by lowest route gate or lowest measured attention contribution.", "",
+         "| config | params | loss | delta | real | KV B/token | KV x base | ms/iter x base | half pruned (gate) | half pruned (contribution) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+for n in names:
+    s, (d, real) = S[n], compare(n)
+    lines.append(f"| {n} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['std'])} | {d:+.4f} | "
+                 f"{'-' if n == 'baseline' else 'n/a' if real is None else 'yes' if real else 'no'} | {s['kv']:,} | "
+                 f"{s['kv'] / base['kv']:.2f} | {s['ms'] / base['ms']:.2f} | {fmt(s['half_route_gate'])} | "
+                 f"{fmt(s['half_contribution'])} |")
+questions = []
+if "reciprocity" in S:
+    questions.append(f"- Does reciprocity help? {verdict('reciprocity')}. It costs {S['reciprocity']['kv'] / base['kv']:.2f}x the KV cache.")
+if "discoverability" in S:
+    questions.append(f"- Does discoverability help? {verdict('discoverability')}.")
+if "attn_only" in S:
+    questions.append(f"- Can attention-only work? {verdict('attn_only')}.")
+if "route_annealed" in S and "route_free" in S:
+    questions.append(f"- Does annealing beat free learning? {verdict('route_annealed', 'route_free')}.")
+ratios = ", ".join(f"{n} {S[n]['kv'] / base['kv']:.2f}x" for n in names if n != "baseline")
+smallest = min(S, key=lambda n: (S[n]["kv"], S[n]["loss"]))
+questions.append(f"- Does the cache shrink without pruning? KV bytes per token against the baseline: {ratios}. "
+                 f"Smallest: {smallest}. A route gate alone changes nothing; reciprocity adds 50%.")
+routed = [n for n in names if S[n]["half_route_gate"] is not None]
+if routed:
+    best = min(routed, key=lambda n: S[n]["half_route_gate"])
+    questions.append(f"- With attention removed from half the layers (half the cache), the best route-gated model is "
+                     f"{best} at {S[best]['half_route_gate']:.4f} (lowest gates pruned); the baseline, pruned by "
+                     f"measured contribution, is at {fmt(base['half_contribution'])}.")
+lines += ["", "## Answers", ""] + questions
+with open(os.path.join(out_root, "report.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("matplotlib is not installed: no plot (pip install matplotlib)")
+else:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pts = sorted((S[n]["kv"], S[n]["loss"], n) for n in names)
+    front, best_loss = [], float("inf")
+    for kv, loss, n in pts:  # Pareto front: no other config has both a smaller cache and a lower loss
+        if loss < best_loss:
+            front.append((kv, loss))
+            best_loss = loss
+    for kv, loss, n in pts:
+        ax.errorbar(kv, loss, yerr=0 if math.isnan(S[n]["std"]) else S[n]["std"], fmt="o", capsize=3)
+        ax.annotate(n, (kv, loss), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("KV cache bytes per token (16-bit)")
+    ax.set_ylabel("best validation loss")
+    ax.set_title(f"{len(names)} configs, {seeds} seed(s), {overlay}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_root, "loss_vs_kv.png"), dpi=120)
+    print(f"wrote {out_root}/results.json, report.md, loss_vs_kv.png")
