@@ -132,7 +132,7 @@ def pruning_curve(path):
     """Validation loss as attention is removed layer by layer, for each ranking of the layers."""
     ck = load_checkpoint(path, map_location=device)
     model = model_from_checkpoint(ck, path).to(device).eval()
-    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    name = os.path.relpath(os.path.dirname(os.path.abspath(path)))
     batches = val_batches(ck["config"]["dataset"], model.config.block_size, eval_batches, eval_batch_size, device, seed)
     orders, contrib = pruning_orders(model, batches)
     rows = []
@@ -194,10 +194,11 @@ if ckpt and not ckpts:
 for path in tqdm(ckpts, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
     pruning += pruning_curve(path)
 if pruning:
-    print(f"\n{'checkpoint':<28}{'ranking':<14}" + "".join(f"{'-' + str(k):>8}" for k in range(n_layer + 1)))
+    most = max(r["layers_pruned"] for r in pruning)
+    print(f"\n{'checkpoint':<36}{'ranking':<14}" + "".join(f"{'-' + str(k):>8}" for k in range(most + 1)))
     for (cname, ranking) in dict.fromkeys((r["config"], r["ranking"]) for r in pruning):
         rows = [r for r in pruning if r["config"] == cname and r["ranking"] == ranking]
-        print(f"{cname:<28}{ranking:<14}" + "".join(f"{r['val_loss']:>8.3f}" for r in rows))
+        print(f"{cname:<36}{ranking:<14}" + "".join(f"{r['val_loss']:>8.3f}" for r in rows))
     print("val loss with attention removed from 0, 1, 2, ... layers; KV bytes per token fall as (L - k) / L")
 
 if json_path:

@@ -174,7 +174,7 @@ def sdpa_rebuilding_operands(operands, **kw):
     """scaled_dot_product_attention(*operands(), **kw). For backward, autograd would keep the three
     widened operands alive: more memory than all of GPT-2's attention. Saved-tensor hooks keep
     nothing of them and call operands() again (a few concatenations) when backward needs them.
-    Under torch.compile the partitioner makes that trade by itself, and the hooks would break the graph."""
+    Under torch.compile the hooks would break the graph, so there the compiler decides what to keep."""
     ops = operands()
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return sdpa(*ops, **kw)
@@ -250,7 +250,8 @@ class Block(nn.Module):
         self.use_route = config.use_route_gate
         if self.use_route:
             self.route_raw = nn.Parameter(torch.tensor(float(config.init_route_gate)))
-            # moved by apply_route_annealing, never by the optimizer; saved so resume is exact
+            # moved by apply_route_annealing, never by the optimizer; saved in checkpoints, because
+            # a trained model must be sampled and evaluated with the bias it was trained with
             self.register_buffer("route_bias", torch.zeros(()))
 
     def route_gate(self):
