@@ -145,10 +145,12 @@ class CausalSelfAttention(nn.Module):
                     qt.append(torch.ones_like(q[..., :1]))
                     kt.append(w_disc * (k_all * u).sum(-1, keepdim=True) * math.sqrt(D))
                 # zero-pad Q~, K~ and V to one width, a multiple of 8: the flash kernels (CPU and
-                # CUDA) need equal head widths, and zeros change no dot product
-                width = -(-sum(t.size(-1) for t in qt) // 8) * 8
-                qt.append(q.new_zeros(B, H, T, width - sum(t.size(-1) for t in qt)))
-                kt.append(q.new_zeros(B, H, S, width - sum(t.size(-1) for t in kt)))
+                # CUDA) need equal head widths, and zeros change no dot product. (Widths come from
+                # the config, not from tensor sizes, so they stay constants under torch.compile.)
+                used = D * (1 + self.use_rec) + self.use_disc
+                width = -(-used // 8) * 8
+                qt.append(q.new_zeros(B, H, T, width - used))
+                kt.append(q.new_zeros(B, H, S, width - used))
                 return torch.cat(qt, -1), torch.cat(kt, -1), F.pad(v_all, (0, width - D))
 
             y = sdpa_rebuilding_operands(operands, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,

@@ -71,6 +71,9 @@ if bad:
     die(f"attn_skip_layers {bad} are not layers of this {model.config.n_layer}-layer model")
 model.eval().to(device)
 if compile:  # generation calls forward directly, so compile that (shapes vary: prefill, decode)
+    if model.config.use_reciprocity or model.config.use_discoverability:
+        die("compile=True works for plain attention only: torch's inductor fails on the widened lens head "
+            "with dynamic shapes; sample without --compile")
     model.forward = torch.compile(model.forward, dynamic=True)
 
 if meta is not None and "stoi" in meta:  # a character-level vocabulary

@@ -119,6 +119,8 @@ def test_sample_errors_and_prompts(trained, tmp_path):
     p = run("sample.py", f"--out_dir={trained}", "--start=caf\u00e9", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip() == "error: the prompt has characters this model's vocabulary lacks: '\u00e9'"
+    p = run("sample.py", f"--out_dir={trained}", "--compile=True", check=False)
+    assert p.returncode == 1 and p.stderr.strip().startswith("error: compile=True works for plain attention only")
     p = run("sample.py", f"--out_dir={tmp_path}", check=False)
     assert p.returncode == 1 and p.stderr.strip() == f"error: no checkpoint at {tmp_path}/ckpt.pt"
     long_prompt = tmp_path / "prompt.txt"
