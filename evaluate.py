@@ -11,23 +11,32 @@ from model import attention_contribution
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def dataset_meta(dataset):
+    """data/<dataset>/meta.pkl as a dict (vocab_size, dtype, ...), or {} where there is none."""
+    path = os.path.join(ROOT, "data", str(dataset), "meta.pkl")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def windows(data, ix, block_size):
+    """Inputs and next-token targets (int64) for the windows of `data` starting at the offsets ix."""
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    return x, y
+
+
 def val_batches(dataset, block_size, n_batches, batch_size, device, seed=1337):
     """n_batches fixed (x, y) windows from data/<dataset>/val.bin."""
-    data_dir = os.path.join(ROOT, "data", str(dataset))
-    path = os.path.join(data_dir, "val.bin")
+    path = os.path.join(ROOT, "data", str(dataset), "val.bin")
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py")
-    dtype = np.uint16
-    if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
-            dtype = np.dtype(pickle.load(f).get("dtype", "uint16"))
-    data = np.memmap(path, dtype=dtype, mode="r")
+    data = np.memmap(path, dtype=np.dtype(dataset_meta(dataset).get("dtype", "uint16")), mode="r")
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=g).tolist()
-        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        x, y = windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=g).tolist(), block_size)
         batches.append((x.to(device), y.to(device)))
     return batches
 

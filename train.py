@@ -12,7 +12,6 @@ resumed run continues exactly where the interrupted one was, on any number of pr
 import hashlib
 import math
 import os
-import pickle
 import sys
 import time
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure
+from evaluate import dataset_meta, windows
 from model import GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
 
 # -----------------------------------------------------------------------------
@@ -135,11 +135,8 @@ data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", data
 for split in ("train", "val"):
     if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
         die(f"{data_dir}/{split}.bin not found; prepare it with: python data/{dataset}/prepare.py")
-meta_vocab_size, data_dtype = None, np.uint16
-if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-    with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
-        meta = pickle.load(f)
-    meta_vocab_size, data_dtype = meta["vocab_size"], np.dtype(meta.get("dtype", "uint16"))
+meta = dataset_meta(dataset)
+meta_vocab_size, data_dtype = meta.get("vocab_size"), np.dtype(meta.get("dtype", "uint16"))
 if master and meta_vocab_size:
     print(f"vocab_size = {meta_vocab_size} (from {data_dir}/meta.pkl)")
 
@@ -159,9 +156,7 @@ def get_batch(split, gen):
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=data_dtype, mode="r")
     if len(data) <= block_size:
         die(f"{split}.bin holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=gen)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    x, y = windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=gen).tolist(), block_size)
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -323,7 +318,7 @@ while True:
 
     t1 = time.time()
     dt, t0 = t1 - t0, t1
-    if not (iter_num % eval_interval == 0) and local_iter_num >= 1:  # training alone: no eval, no compile warmup
+    if iter_num % eval_interval != 0 and local_iter_num >= 1:  # training alone: no eval, no compile warmup
         step_time, timed_iters = step_time + dt, timed_iters + 1
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps  # a host sync: only at log_interval
