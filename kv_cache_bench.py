@@ -55,6 +55,10 @@ ctx_lens = [int(c) for c in str(contexts).split(",")]
 block = max(ctx_lens)
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 is_cuda = device.startswith("cuda")
+def autocast():
+    return torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32)
+
+
 def sync():
     if is_cuda:
         torch.cuda.synchronize()
@@ -93,13 +97,12 @@ def peak():
 def measure(name, model):
     """Records for one model at every context length."""
     rows = []
-    autocast = torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32)
-    with autocast:  # warm up: first calls pay for kernel selection and allocator growth
+    with autocast():  # warm up: first calls pay for kernel selection and allocator growth
         warm = KVCache(model, batch_size, max_len=block)
-        model(torch.zeros(batch_size, 16, dtype=torch.long, device=device), cache=warm)
-        for _ in range(4):
+        model(torch.zeros(batch_size, block // 2, dtype=torch.long, device=device), cache=warm)
+        for _ in range(min(4, block - block // 2)):  # stay inside the block however small it is
             model(torch.zeros(batch_size, 1, dtype=torch.long, device=device), cache=warm)
-            model(torch.zeros(batch_size, 64, dtype=torch.long, device=device))
+            model(torch.zeros(batch_size, min(64, block), dtype=torch.long, device=device))
     del warm
     for c in ctx_lens:
         g = torch.Generator().manual_seed(seed)
@@ -107,7 +110,7 @@ def measure(name, model):
         prompt = idx[:, :c - decode_tokens]
         reset_peak()
         cache = KVCache(model, batch_size, max_len=block)
-        with autocast:
+        with autocast():
             model(prompt, cache=cache)  # prefill
             measured = cache.nbytes() / (batch_size * block)
             cached_ms, recompute_ms = [], []
@@ -139,7 +142,7 @@ def pruning_curve(path):
     for ranking, order in orders.items():
         for k in range(model.config.n_layer + 1):
             skip = tuple(sorted(order[:k]))
-            with torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32):
+            with autocast():
                 loss = val_loss(model, batches, skip)
             rows.append(dict(config=name, checkpoint=path, ranking=ranking, layers_pruned=k, pruned=list(skip),
                              val_loss=loss, kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
