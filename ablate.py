@@ -7,6 +7,7 @@ $ python ablate.py                                  # every config/ablation_*.py
 $ python ablate.py --seeds=3 --configs=baseline,reciprocity,lens,full
 $ python ablate.py --dry_run=True
 $ python ablate.py --train_args="--max_iters=500"   # extra train.py arguments for every run
+$ python ablate.py --overlay=config/recall.py --out_root=out-ablate-recall --seeds=2   # the recall probe
 
 Finished runs (those with a result.json) are skipped; a run that was killed resumes from its checkpoint.
 """
@@ -23,7 +24,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
-from evaluate import pruning_orders, val_batches, val_loss
+from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import analyze_lens_gates, analyze_route_gates
 
 # -----------------------------------------------------------------------------
@@ -58,8 +59,17 @@ def evaluate(name, seed, out_dir, wall):
     model = model_from_checkpoint(ck, path).eval()
     cfg, tc = model.config, ck["config"]
     batches = val_batches(tc["dataset"], cfg.block_size, eval_batches, eval_batch_size, "cpu")
+    meta = dataset_meta(tc["dataset"])
+    recall = bool(meta.get("mask"))  # a dataset of answers (the recall set): accuracy is the measure
     orders, contrib = pruning_orders(model, batches)
     half = cfg.n_layer // 2
+
+    def pruned(layers):
+        loss, acc = val_eval(model, batches, tuple(layers))
+        return {"layers": sorted(layers), "val_loss": loss, "val_acc": acc if recall else None,
+                "kv_bytes_per_token": model.kv_cache_bytes_per_token(torch.float16, layers)}
+
+    full = pruned(())
     lens = analyze_lens_gates(model)
     tokens_per_iter = tc["batch_size"] * tc["block_size"] * tc["gradient_accumulation_steps"]
     return {
@@ -71,10 +81,10 @@ def evaluate(name, seed, out_dir, wall):
         "lens_gates": {k: v for k, v in lens.items() if k.startswith("mean_")},
         "route_gates": analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
         "attention_contribution": contrib,
-        "half_pruned": {r: {"layers": sorted(o[:half]), "val_loss": val_loss(model, batches, tuple(o[:half])),
-                            "kv_bytes_per_token": model.kv_cache_bytes_per_token(torch.float16, o[:half])}
-                        for r, o in orders.items()},
-        "eval_val_loss": val_loss(model, batches),  # on the same batches as half_pruned
+        "half_pruned": {r: pruned(o[:half]) for r, o in orders.items()},
+        "all_pruned": pruned(range(cfg.n_layer)),  # no attention anywhere: on the recall set, chance
+        "eval_val_loss": full["val_loss"], "eval_val_acc": full["val_acc"],  # on the same batches as the pruned
+        "dataset": tc["dataset"], "chance_accuracy": meta.get("chance_accuracy") if recall else None,
     }
 
 
@@ -125,17 +135,25 @@ def summary(name):
     for ranking in ("route_gate", "contribution"):
         vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
         out[f"half_{ranking}"] = stats(vals)[0] if vals else None
+        if recall:
+            vals = [r["half_pruned"][ranking]["val_acc"] for r in rs if ranking in r["half_pruned"]]
+            out[f"half_acc_{ranking}"] = stats(vals)[0] if vals else None
+    if recall:
+        out["acc"], out["acc_std"] = stats([r["eval_val_acc"] for r in rs])
+        out["acc_none"] = stats([r["all_pruned"]["val_acc"] for r in rs])[0]
     return out
 
 
+# a recall set (answers only): recall accuracy is reported next to the loss, and plotted
+recall = all(r.get("eval_val_acc") is not None for r in records)
 S = {n: summary(n) for n in names}
 base = S["baseline"]
 
 
-def compare(a, b="baseline"):
-    """(difference in mean best val loss, whether it exceeds twice its standard error over seeds)."""
-    d = S[a]["loss"] - S[b]["loss"]
-    se = math.sqrt(S[a]["std"] ** 2 / S[a]["n"] + S[b]["std"] ** 2 / S[b]["n"])
+def compare(a, b="baseline", key="loss", std="std"):
+    """(difference in the mean of `key`, whether it exceeds twice its standard error over seeds)."""
+    d = S[a][key] - S[b][key]
+    se = math.sqrt(S[a][std] ** 2 / S[a]["n"] + S[b][std] ** 2 / S[b]["n"])
     return d, (abs(d) > 2 * se) if not math.isnan(se) else None
 
 
@@ -150,20 +168,31 @@ def verdict(a, b="baseline"):
 
 
 fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+bag = dataset_meta(records[0].get("dataset")).get("bag_accuracy") if recall else None
+acc_note = (" Recall acc: the share of answers predicted exactly on the validation set, final model (mean +- std), "
+            f"chance {records[0]['chance_accuracy']:.4f}"
+            + (f", knowing only which values are in the sequence {bag:.4f}" if bag else "")
+            + "; half pruned acc likewise with half the layers' attention removed; no attention: every layer's "
+            "attention removed.") if recall else ""
 lines = ["# Ablation report", "",
          f"{len(names)} configs x {seeds} seeds, overlay `{overlay}`" + (f", `{train_args}`" if train_args else "")
          + f"; {base['tokens']:,} training tokens per run. Loss: best validation loss (mean +- std over seeds). "
          "Delta: against the baseline; 'real' when larger than twice its standard error over seeds. "
          "KV: cache bytes per token at 16-bit precision. Half pruned: validation loss with attention removed from "
-         "half the layers, chosen by lowest route gate or lowest measured attention contribution.", "",
-         "| config | params | loss | delta | real | KV B/token | KV x base | ms/iter x base | half pruned (gate) | half pruned (contribution) |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "half the layers, chosen by lowest route gate or lowest measured attention contribution." + acc_note, "",
+         "| config | params | loss | delta | real | KV B/token | KV x base | ms/iter x base | half pruned (gate) | half pruned (contribution) |"
+         + (" recall acc | real | half pruned acc (gate) | half pruned acc (contribution) | no attention acc |" if recall else ""),
+         "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|" if recall else "")]
+yes_no = lambda n, real: "-" if n == "baseline" else "n/a" if real is None else "yes" if real else "no"
 for n in names:
     s, (d, real) = S[n], compare(n)
-    lines.append(f"| {n} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['std'])} | {d:+.4f} | "
-                 f"{'-' if n == 'baseline' else 'n/a' if real is None else 'yes' if real else 'no'} | {s['kv']:,} | "
-                 f"{s['kv'] / base['kv']:.2f} | {s['ms'] / base['ms']:.2f} | {fmt(s['half_route_gate'])} | "
-                 f"{fmt(s['half_contribution'])} |")
+    row = (f"| {n} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['std'])} | {d:+.4f} | {yes_no(n, real)} | {s['kv']:,} | "
+           f"{s['kv'] / base['kv']:.2f} | {s['ms'] / base['ms']:.2f} | {fmt(s['half_route_gate'])} | "
+           f"{fmt(s['half_contribution'])} |")
+    if recall:
+        row += (f" {s['acc']:.4f} +- {fmt(s['acc_std'])} | {yes_no(n, compare(n, key='acc', std='acc_std')[1])} | "
+                f"{fmt(s['half_acc_route_gate'])} | {fmt(s['half_acc_contribution'])} | {s['acc_none']:.4f} |")
+    lines.append(row)
 questions = []
 if "reciprocity" in S:
     questions.append(f"- Does reciprocity help? {verdict('reciprocity')}. It costs {S['reciprocity']['kv'] / base['kv']:.2f}x the KV cache.")
@@ -183,6 +212,19 @@ if routed:
     questions.append(f"- With attention removed from half the layers (half the cache), the best route-gated model is "
                      f"{best} at {S[best]['half_route_gate']:.4f} (lowest gates pruned); the baseline, pruned by "
                      f"measured contribution, is at {fmt(base['half_contribution'])}.")
+if recall:
+    accs = ", ".join(f"{n} {S[n]['acc']:.3f}" for n in names)
+    none = [S[n]["acc_none"] for n in names]
+    questions.append(f"- Recall accuracy (chance {records[0]['chance_accuracy']:.4f}"
+                     + (f"; knowing only which values are in the sequence: {bag:.4f}" if bag else "")
+                     + f"): {accs}. With attention removed "
+                     f"from every layer, every model is at {min(none):.4f} .. {max(none):.4f}.")
+    half = {n: max(v for v in (S[n]["half_acc_route_gate"], S[n]["half_acc_contribution"]) if v is not None)
+            for n in names}
+    keeps = max(names, key=lambda n: half[n])
+    questions.append(f"- With attention removed from half the layers (the better of the two orders), recall falls from "
+                     f"{base['acc']:.3f} to {half['baseline']:.3f} for the baseline; the config that keeps most is "
+                     f"{keeps} ({S[keeps]['acc']:.3f} -> {half[keeps]:.3f}).")
 lines += ["", "## Answers", ""] + questions
 with open(os.path.join(out_root, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -196,18 +238,19 @@ except ImportError:
     print("matplotlib is not installed: no plot (pip install matplotlib)")
 else:
     fig, ax = plt.subplots(figsize=(7, 5))
-    pts = sorted((S[n]["kv"], S[n]["loss"], n) for n in names)
-    front, best_loss = [], float("inf")
-    for kv, loss, n in pts:  # Pareto front: no other config has both a smaller cache and a lower loss
-        if loss < best_loss:
-            front.append((kv, loss))
-            best_loss = loss
-    for kv, loss, n in pts:
-        ax.errorbar(kv, loss, yerr=0 if math.isnan(S[n]["std"]) else S[n]["std"], fmt="o", capsize=3)
-        ax.annotate(n, (kv, loss), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    key, std, sign = ("acc", "acc_std", -1) if recall else ("loss", "std", 1)  # lower loss, higher accuracy
+    pts = sorted(((S[n]["kv"], S[n][key], n) for n in names), key=lambda p: (p[0], sign * p[1]))  # best first
+    front, best = [], float("inf")
+    for kv, y, n in pts:  # Pareto front: no other config has both a smaller cache and a better score
+        if sign * y < best:
+            front.append((kv, y))
+            best = sign * y
+    for kv, y, n in pts:
+        ax.errorbar(kv, y, yerr=0 if math.isnan(S[n][std]) else S[n][std], fmt="o", capsize=3)
+        ax.annotate(n, (kv, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("KV cache bytes per token (16-bit)")
-    ax.set_ylabel("best validation loss")
+    ax.set_ylabel("recall accuracy (final model)" if recall else "best validation loss")
     ax.set_title(f"{len(names)} configs, {seeds} seed(s), {overlay}")
     ax.legend()
     fig.tight_layout()

@@ -1,5 +1,6 @@
-"""Evaluation shared by kv_cache_bench.py and ablate.py: fixed validation batches, validation loss
-with attention pruned from chosen layers, and the two orders in which to prune layers."""
+"""Data loading and evaluation shared by train.py, kv_cache_bench.py and ablate.py: windows of a
+token file (with ignored targets where the dataset has a mask), fixed validation batches, loss and
+accuracy with attention pruned from chosen layers, and the two orders in which to prune layers."""
 import os
 import pickle
 
@@ -20,30 +21,71 @@ def dataset_meta(dataset):
         return pickle.load(f)
 
 
-def windows(data, ix, block_size):
-    """Inputs and next-token targets (int64) for the windows of `data` starting at the offsets ix."""
+def load_split(dataset, split, meta=None):
+    """The tokens of data/<dataset>/<split>.bin and, for datasets whose meta.pkl says mask=True (the
+    recall set), <split>_mask.bin: 1 where the token is a loss target, 0 where it is ignored."""
+    meta = dataset_meta(dataset) if meta is None else meta
+    path = os.path.join(ROOT, "data", str(dataset), f"{split}.bin")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py")
+    data = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+    if not meta.get("mask"):
+        return data, None
+    mpath = path[:-len(".bin")] + "_mask.bin"
+    if not os.path.isfile(mpath) or os.path.getsize(mpath) != len(data):
+        raise SystemExit(f"error: {mpath} is missing or does not match {path}; run python data/{dataset}/prepare.py again")
+    return data, np.memmap(mpath, dtype=np.uint8, mode="r")
+
+
+def window_starts(n_tokens, block_size, batch_size, gen, seq_len=1):
+    """Random window offsets; multiples of seq_len where the data is a run of fixed-length sequences
+    (meta.pkl's seq_len), so a window never starts inside one."""
+    n = (n_tokens - block_size - 1) // seq_len + 1
+    return (seq_len * torch.randint(n, (batch_size,), generator=gen)).tolist()
+
+
+def windows(data, ix, block_size, mask=None):
+    """Inputs and next-token targets (int64) for the windows of `data` starting at the offsets ix;
+    targets the mask leaves out are -1, which the loss ignores."""
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if mask is not None:
+        keep = torch.stack([torch.from_numpy(mask[i + 1:i + 1 + block_size].astype(bool)) for i in ix])
+        y = y.masked_fill(~keep, -1)
     return x, y
 
 
 def val_batches(dataset, block_size, n_batches, batch_size, device, seed=1337):
     """n_batches fixed (x, y) windows from data/<dataset>/val.bin."""
-    path = os.path.join(ROOT, "data", str(dataset), "val.bin")
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py")
-    data = np.memmap(path, dtype=np.dtype(dataset_meta(dataset).get("dtype", "uint16")), mode="r")
+    meta = dataset_meta(dataset)
+    data, mask = load_split(dataset, "val", meta)
+    if len(data) <= block_size:
+        raise SystemExit(f"error: data/{dataset}/val.bin holds {len(data)} tokens, fewer than block_size + 1")
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
-        x, y = windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=g).tolist(), block_size)
+        ix = window_starts(len(data), block_size, batch_size, g, meta.get("seq_len", 1))
+        x, y = windows(data, ix, block_size, mask)
         batches.append((x.to(device), y.to(device)))
     return batches
 
 
+def hits(logits, targets):
+    """(answers predicted exactly, answers): argmax over the targets the loss does not ignore."""
+    scored = targets >= 0
+    return (logits.argmax(-1) == targets)[scored].sum().item(), scored.sum().item()
+
+
 @torch.no_grad()
-def val_loss(model, batches, attn_skip_layers=()):
-    return sum(model(x, y, attn_skip_layers=attn_skip_layers)[1].item() for x, y in batches) / len(batches)
+def val_eval(model, batches, attn_skip_layers=()):
+    """(mean loss, accuracy) over the batches; accuracy is the share of scored targets predicted
+    exactly (on the recall set: recall accuracy, the answers the model gets right)."""
+    loss, right, total = 0.0, 0, 0
+    for x, y in batches:
+        logits, l = model(x, y, attn_skip_layers=attn_skip_layers)
+        r, t = hits(logits, y)
+        loss, right, total = loss + l.item(), right + r, total + t
+    return loss / len(batches), right / max(total, 1)
 
 
 @torch.no_grad()

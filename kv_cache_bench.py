@@ -8,11 +8,12 @@ What each config really costs at inference, measured side by side in one run:
 3. Decode milliseconds per token at each context, with the cache and with full recomputation.
 4. With trained checkpoints (--ckpt): validation loss as attention is removed from 0, 1, 2, ...
    layers, in two orders (lowest route gate first; lowest measured attention contribution first),
-   with the KV bytes per token at each step.
+   with the KV bytes per token at each step; on the recall set (data/recall) also recall accuracy.
 
 $ python kv_cache_bench.py                                   # every config/ablation_*.py, CPU size
 $ python kv_cache_bench.py --configs=baseline,lens,gqa,mqa --contexts=256,1024 --json=kv.json
 $ python kv_cache_bench.py --ckpt='out-*/ckpt.pt' --plot=pruning.png
+$ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
 Weights are random for 1-3 (cost does not depend on training); 4 uses the checkpoints.
 """
 import glob
@@ -28,11 +29,11 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, model_settings
-from evaluate import pruning_orders, val_batches, val_loss
+from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import GPT, GPTConfig, KVCache
 
 # -----------------------------------------------------------------------------
-configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), or 'all'
+configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), 'all', or '' for none (only --ckpt)
 n_layer = 6
 n_head = 6
 n_embd = 384
@@ -137,33 +138,38 @@ def pruning_curve(path):
     model = model_from_checkpoint(ck, path).to(device).eval()
     name = os.path.relpath(os.path.dirname(os.path.abspath(path)))
     batches = val_batches(ck["config"]["dataset"], model.config.block_size, eval_batches, eval_batch_size, device, seed)
+    recall = bool(dataset_meta(ck["config"]["dataset"]).get("mask"))  # answers only: accuracy is the measure
     orders, contrib = pruning_orders(model, batches)
     rows = []
     for ranking, order in orders.items():
         for k in range(model.config.n_layer + 1):
             skip = tuple(sorted(order[:k]))
             with autocast():
-                loss = val_loss(model, batches, skip)
+                loss, acc = val_eval(model, batches, skip)
             rows.append(dict(config=name, checkpoint=path, ranking=ranking, layers_pruned=k, pruned=list(skip),
-                             val_loss=loss, kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
+                             val_loss=loss, val_acc=acc if recall else None,
+                             kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
                              attention_contribution=contrib))
     return rows
 
 
 # ----------------------------------------------------------------------------- main
-names = configs.split(",")
+names = [n for n in str(configs).split(",") if n]
 if names == ["all"]:
     names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
     names = ["baseline"] + [n for n in names if n != "baseline"]
+if not names and not ckpt:
+    raise SystemExit("error: nothing to measure: give --configs or --ckpt")
 for n in names:
     if not os.path.isfile(f"config/ablation_{n}.py"):
         raise SystemExit(f"error: no config file config/ablation_{n}.py")
 machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
     else torch.cuda.get_device_name()
-print(f"kv_cache_bench: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}, "
-      f"{dtype} on {device} ({machine}), torch {torch.__version__}")
+print(f"kv_cache_bench: {dtype} on {device} ({machine}), torch {torch.__version__}"
+      + (f"; random-weight models: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}"
+         if names else ""))
 records = []
-for name in tqdm(names, desc="configs", file=sys.stderr, dynamic_ncols=True):
+for name in tqdm(names, desc="configs", file=sys.stderr, dynamic_ncols=True, disable=not names):
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                     **model_settings(f"config/ablation_{name}.py", n_head=n_head))
@@ -172,7 +178,7 @@ for name in tqdm(names, desc="configs", file=sys.stderr, dynamic_ncols=True):
     del model
 
 base = {r["context"]: r for r in records if r["config"] == "baseline"}
-print(f"\n{'config':<16}{'KV B/tok':>9}{'measured':>9}{'x base':>7}{'full ctx MiB':>13}"
+print("" if not names else f"\n{'config':<16}{'KV B/tok':>9}{'measured':>9}{'x base':>7}{'full ctx MiB':>13}"
       + "".join(f"{'@' + str(c) + ' cached':>14}{'recompute':>10}{'speedup':>8}" for c in ctx_lens)
       + f"{'peak MiB':>10}")
 for name in names:
@@ -186,7 +192,7 @@ for name in names:
                  f"{r['decode_ms_per_token_recompute'] / r['decode_ms_per_token_cached']:>7.1f}x")
     line += f"{(r0['peak_bytes'] or 0) / 2**20:>10.1f}"
     print(line)
-print("KV B/tok: analytic bytes per token (all layers); measured: bytes the cache holds / (batch x block); "
+print("" if not names else "KV B/tok: analytic bytes per token (all layers); measured: bytes the cache holds / (batch x block); "
       f"ms per decoded token with the cache and with recomputation; peak: {'CUDA max allocated' if is_cuda else 'process peak RSS'} "
       f"at the largest context")
 
@@ -202,7 +208,10 @@ if pruning:
     for (cname, ranking) in dict.fromkeys((r["config"], r["ranking"]) for r in pruning):
         rows = [r for r in pruning if r["config"] == cname and r["ranking"] == ranking]
         print(f"{cname:<36}{ranking:<14}" + "".join(f"{r['val_loss']:>8.3f}" for r in rows))
-    print("val loss with attention removed from 0, 1, 2, ... layers; KV bytes per token fall as (L - k) / L")
+        if rows[0]["val_acc"] is not None:
+            print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{r['val_acc']:>8.3f}" for r in rows))
+    print("val loss (and recall accuracy on the recall set) with attention removed from 0, 1, 2, ... layers; "
+          "KV bytes per token fall as (L - k) / L")
 
 if json_path:
     with open(json_path, "w") as f:
@@ -219,13 +228,15 @@ if plot:
     except ImportError:
         raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)")
     fig, ax = plt.subplots(figsize=(7, 5))
+    key = "val_acc" if all(r["val_acc"] is not None for r in pruning) else "val_loss"
     for (cname, ranking) in dict.fromkeys((r["config"], r["ranking"]) for r in pruning):
         rows = [r for r in pruning if r["config"] == cname and r["ranking"] == ranking]
-        ax.plot([r["kv_bytes_per_token"] for r in rows], [r["val_loss"] for r in rows], marker="o",
+        ax.plot([r["kv_bytes_per_token"] for r in rows], [r[key] for r in rows], marker="o",
                 label=f"{cname} ({ranking})")
+    what = "Recall accuracy" if key == "val_acc" else "Validation loss"
     ax.set_xlabel(f"KV cache bytes per token ({dtype})")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss as attention is pruned layer by layer")
+    ax.set_ylabel(what.lower())
+    ax.set_title(f"{what} as attention is pruned layer by layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(plot, dpi=120)

@@ -76,6 +76,9 @@ if compile:  # generation calls forward directly, so compile that (shapes vary: 
             "with dynamic shapes; sample without --compile")
     model.forward = torch.compile(model.forward, dynamic=True)
 
+if meta is not None and meta.get("mask"):
+    die(f"this model was trained on data/{dataset}, token ids with no text vocabulary: there is nothing to "
+        f"prompt it with; measure it with kv_cache_bench.py --ckpt={out_dir}/ckpt.pt or ablate.py")
 if meta is not None and "stoi" in meta:  # a character-level vocabulary
     stoi, itos, empty = meta["stoi"], meta["itos"], "\n"
 

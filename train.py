@@ -17,12 +17,11 @@ import time
 from contextlib import nullcontext
 from dataclasses import fields
 
-import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure
-from evaluate import dataset_meta, windows
+from evaluate import dataset_meta, hits, load_split, window_starts, windows
 from model import GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
 
 # -----------------------------------------------------------------------------
@@ -136,9 +135,17 @@ for split in ("train", "val"):
     if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
         die(f"{data_dir}/{split}.bin not found; prepare it with: python data/{dataset}/prepare.py")
 meta = dataset_meta(dataset)
-meta_vocab_size, data_dtype = meta.get("vocab_size"), np.dtype(meta.get("dtype", "uint16"))
+meta_vocab_size, seq_len = meta.get("vocab_size"), meta.get("seq_len", 1)
+scored = bool(meta.get("mask"))  # only some targets count (the recall set's answers): report accuracy
+for split in ("train", "val"):
+    load_split(dataset, split, meta)  # a missing or mismatched mask file is an error now, not mid-run
+if scored and block_size < seq_len:
+    die(f"block_size={block_size} is shorter than the sequences of data/{dataset} (seq_len={seq_len}): the answers "
+        f"past the window would never be seen; use --block_size={seq_len} or a multiple")
 if master and meta_vocab_size:
     print(f"vocab_size = {meta_vocab_size} (from {data_dir}/meta.pkl)")
+if master and scored:
+    print(f"loss and accuracy on the answer tokens only; chance accuracy {meta.get('chance_accuracy', 0):.4f}")
 
 
 def stable_seed(*key):
@@ -153,10 +160,10 @@ def generator(*key):
 
 def get_batch(split, gen):
     # a fresh memmap per batch, as in nanoGPT: a long-lived one leaks memory
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=data_dtype, mode="r")
+    data, mask = load_split(dataset, split, meta)
     if len(data) <= block_size:
         die(f"{split}.bin holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
-    x, y = windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=gen).tolist(), block_size)
+    x, y = windows(data, window_starts(len(data), block_size, batch_size, gen, seq_len), block_size, mask)
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -215,17 +222,22 @@ eval_model = model.module if ddp else model  # only the master evaluates: no col
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters batches of each split; the same batches at every evaluation."""
+    """Mean loss over eval_iters batches of each split, the same batches at every evaluation; with
+    scored targets also the accuracy on them (the share of answers predicted exactly)."""
     out = {}
     model.eval()
     for split in ("train", "val"):
-        losses = torch.zeros(eval_iters)
+        losses, right, total = torch.zeros(eval_iters), 0, 0
         for k in range(eval_iters):
             X, Y = get_batch(split, generator("eval", split, k))
             with ctx:
-                _, loss = eval_model(X, Y)
+                logits, loss = eval_model(X, Y)
             losses[k] = loss.item()
+            if scored:
+                r, t = hits(logits, Y)
+                right, total = right + r, total + t
         out[split] = losses.mean().item()
+        out[f"{split}_acc"] = right / max(total, 1) if scored else None
     model.train()
     return out
 
@@ -280,10 +292,11 @@ while True:
             losses = estimate_loss()
             stats = gate_stats()
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
+                + (f", val acc {losses['val_acc']:.4f}" if scored else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                           "mfu": running_mfu * 100, **stats})
+                           "mfu": running_mfu * 100, **stats,
+                           **({"train/acc": losses["train_acc"], "val/acc": losses["val_acc"]} if scored else {})})
             if losses["val"] < best_val_loss or always_save_checkpoint or iter_num >= max_iters:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 or init_from == "resume":
@@ -291,6 +304,7 @@ while True:
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
                         "best_val_loss": best_val_loss, "val_loss": losses["val"], "train_loss": losses["train"],
+                        "val_acc": losses["val_acc"],
                         "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
                     }, ckpt_path)
                     log(f"saved checkpoint to {ckpt_path}")

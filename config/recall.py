@@ -1,0 +1,26 @@
+# Overlay: the MQAR recall probe (python data/recall/prepare.py), minutes on a CPU. Changes the task and scale, not the ablation.
+_old_iters = max_iters
+dataset = 'recall'
+device = 'cpu'
+compile = False
+eval_iters = 20
+log_interval = 50
+eval_interval = 250
+block_size = 32  # one sequence per window (the prepare script's --seq_len)
+batch_size = 32
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+max_iters = 1500
+lr_decay_iters = 1500
+warmup_iters = 100
+learning_rate = 1e-3
+min_lr = 1e-4
+beta2 = 0.99
+mlp_ctx_rank = 32  # as config/cpu.py
+# the annealing window keeps its place in the run
+route_anneal_start = route_anneal_start * max_iters // _old_iters
+route_anneal_end = route_anneal_end * max_iters // _old_iters
+if n_kv_head not in (None, 1):
+    n_kv_head = 2  # the GQA peer: half of the 4 heads (a quarter would be MQA)
