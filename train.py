@@ -131,14 +131,11 @@ ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device
 
 # -------------------------------------------------------------------- data
 data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-for split in ("train", "val"):
-    if not os.path.isfile(os.path.join(data_dir, f"{split}.bin")):
-        die(f"{data_dir}/{split}.bin not found; prepare it with: python data/{dataset}/prepare.py")
 meta = dataset_meta(dataset)
 meta_vocab_size, seq_len = meta.get("vocab_size"), meta.get("seq_len", 1)
 scored = bool(meta.get("mask"))  # only some targets count (the recall set's answers): report accuracy
 for split in ("train", "val"):
-    load_split(dataset, split, meta)  # a missing or mismatched mask file is an error now, not mid-run
+    load_split(dataset, split, meta)  # a missing token or mask file is an error now, not mid-run
 if scored and block_size < seq_len:
     die(f"block_size={block_size} is shorter than the sequences of data/{dataset} (seq_len={seq_len}): the answers "
         f"past the window would never be seen; use --block_size={seq_len} or a multiple")
