@@ -54,6 +54,10 @@ class GPTConfig:
     mlp_ctx_conductor: bool = False  # use the context only while the block's g < 0.5
     mlp_disabled: bool = False  # no MLP and no ln_2 at all
     mlp_expansion_ratio: float = 4.0
+    # False: a separate lm_head, and the embeddings start at unit scale (nn.Embedding's default, as
+    # modded-nanogpt's). GPT-2's 0.02 is the output layer's scale; as input embeddings at 0.02 a
+    # fresh model stays on the recall probe's plateau (README, In-context recall)
+    tie_embeddings: bool = True
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -286,7 +290,8 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if pn.endswith("c_proj.weight"):
@@ -294,13 +299,14 @@ class GPT(nn.Module):
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            untied_embedding = isinstance(module, nn.Embedding) and not self.config.tie_embeddings
+            torch.nn.init.normal_(module.weight, mean=0.0, std=1.0 if untied_embedding else 0.02)
             if getattr(module, "bias", None) is not None:
                 torch.nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding=True):
         """Parameter count; position embeddings are subtracted by default, as in nanoGPT
-        (the token embeddings are shared with lm_head, so they count once)."""
+        (tied token embeddings are shared with lm_head, so they count once)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
@@ -395,7 +401,7 @@ class GPT(nn.Module):
             hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
             hf, sd = hf_model.config.to_dict(), hf_model.state_dict()
         args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                    block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True)
+                    block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True, tie_embeddings=True)
         act = hf.get("activation_function", "gelu_new")
         if act != "gelu_new" or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
             raise ValueError(f"only GPT-2's gelu_new and layer_norm_epsilon=1e-5 are supported, got {act}")
@@ -513,7 +519,8 @@ def load_base_weights(model, sd):
             raise ValueError(f"shape mismatch for {k}: source {tuple(v.shape)}, model {tuple(target[k].shape)}")
         with torch.no_grad():
             target[k].copy_(v)
-    missing = [k for k in target if k not in sd and not k.endswith(MECHANISM_KEYS) and k != "lm_head.weight"]
+    missing = [k for k in target if k not in sd and not k.endswith(MECHANISM_KEYS)
+               and not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing:
         raise ValueError(f"source state dict lacks {len(missing)} GPT-2 weights, e.g. {missing[0]}")
 
@@ -631,14 +638,16 @@ def print_architecture_summary(model):
     model = unwrap(model)
     cfg = model.config
     base_cfg = GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)
-                            if f.name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")})
+                            if f.name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias",
+                                          "tie_embeddings")})
     with torch.device("meta"):
         base = GPT(base_cfg)
     n_base, n = base.get_num_params(non_embedding=False), model.get_num_params(non_embedding=False)
     on = [k for k in ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
                       "mlp_ctx_conductor", "mlp_disabled") if getattr(cfg, k)]
     print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV), {cfg.n_embd} wide, "
-          f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}; on: {', '.join(on) or 'nothing (GPT-2)'}")
+          f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}"
+          f"{'' if cfg.tie_embeddings else ', untied embeddings'}; on: {', '.join(on) or 'nothing (GPT-2)'}")
     for name, count in mechanism_param_counts(model).items():
         print(f"  {name:<18} {count:>12,d} params  {100 * count / n_base:7.3f}% of GPT-2")
     print(f"  {'total':<18} {n:>12,d} params  {100 * (n - n_base) / n_base:+7.3f}% vs GPT-2 "

@@ -64,6 +64,7 @@ mlp_ctx_alpha_init = 0.1
 mlp_ctx_conductor = False
 mlp_disabled = False
 mlp_expansion_ratio = 4.0
+tie_embeddings = True  # False: separate lm_head, unit-scale embeddings (config/recall.py)
 # AdamW
 learning_rate = 1e-3
 max_iters = 5000

@@ -70,6 +70,8 @@ def test_pretrained_with_mechanisms_on_top(tmp_path):
     assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight.t())
     with pytest.raises(ValueError, match="n_embd=64 does not match"):
         GPT.from_pretrained(str(tmp_path), n_embd=64)
+    with pytest.raises(ValueError, match="tie_embeddings=False does not match"):
+        GPT.from_pretrained(str(tmp_path), tie_embeddings=False)
     # patching an existing GPT keeps its GPT-2 weights and adds fresh mechanisms
     base = tiny()
     patched, _ = patch_gpt2_with_lens_attention(base, use_discoverability=True, mlp_disabled=True)
@@ -179,6 +181,32 @@ def test_mlp_disabled_removes_mlp_and_ln_2():
     assert full.get_num_params() - noml.get_num_params() == mlp_params
     assert not any(".mlp." in k or ".ln_2." in k for k in noml.state_dict())
     assert hasattr(noml.transformer.h[0], "mlp") is False
+
+
+def test_untied_embeddings():
+    tied, untied = tiny(), tiny(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert untied.get_num_params() - tied.get_num_params() == 61 * 32  # one more vocab x n_embd matrix
+    # unit-scale embeddings (nn.Embedding's default); the output layer keeps GPT-2's 0.02
+    assert abs(untied.transformer.wte.weight.std().item() - 1) < 0.05
+    assert abs(untied.transformer.wpe.weight.std().item() - 1) < 0.1
+    assert abs(untied.lm_head.weight.std().item() - 0.02) < 0.002
+    assert abs(tied.transformer.wpe.weight.std().item() - 0.02) < 0.002
+    # the head trains on its own, and a state dict round trip keeps it separate
+    opt = untied.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    before = untied.transformer.wte.weight.detach().clone()
+    idx = torch.randint(61, (2, 16))
+    untied(idx, idx)[1].backward()
+    opt.step()
+    assert not torch.equal(untied.lm_head.weight, untied.transformer.wte.weight)
+    assert not torch.equal(untied.transformer.wte.weight, before)
+    fresh = tiny(tie_embeddings=False)
+    fresh.load_state_dict(untied.state_dict())
+    assert torch.equal(fresh(idx)[0], untied(idx)[0])
+    # patching keeps the untied head
+    patched, cfg = patch_gpt2_with_lens_attention(untied, use_discoverability=True)
+    assert not cfg.tie_embeddings and torch.equal(patched.lm_head.weight, untied.lm_head.weight)
 
 
 def test_weight_decay_reaches_weight_matrices_only():
