@@ -21,14 +21,17 @@ def dataset_meta(dataset):
         return pickle.load(f)
 
 
-def load_split(dataset, split, meta=None):
-    """The tokens of data/<dataset>/<split>.bin and, for datasets whose meta.pkl says mask=True (the
-    recall set), <split>_mask.bin: 1 where the token is a loss target, 0 where it is ignored."""
+def load_split(dataset, split, meta=None, block_size=0):
+    """The tokens of data/<dataset>/<split>.bin (at least block_size + 1 of them) and, for datasets
+    whose meta.pkl says mask=True (the recall set), <split>_mask.bin: 1 where the token is a loss
+    target, 0 where it is ignored."""
     meta = dataset_meta(dataset) if meta is None else meta
     path = os.path.join(ROOT, "data", str(dataset), f"{split}.bin")
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py")
     data = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
+    if len(data) <= block_size:
+        raise SystemExit(f"error: {path} holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
     if not meta.get("mask"):
         return data, None
     mpath = path[:-len(".bin")] + "_mask.bin"
@@ -58,9 +61,7 @@ def windows(data, ix, block_size, mask=None):
 def val_batches(dataset, block_size, n_batches, batch_size, device, seed=1337):
     """n_batches fixed (x, y) windows from data/<dataset>/val.bin."""
     meta = dataset_meta(dataset)
-    data, mask = load_split(dataset, "val", meta)
-    if len(data) <= block_size:
-        raise SystemExit(f"error: data/{dataset}/val.bin holds {len(data)} tokens, fewer than block_size + 1")
+    data, mask = load_split(dataset, "val", meta, block_size)
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):

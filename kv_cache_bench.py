@@ -178,23 +178,24 @@ for name in tqdm(names, desc="configs", file=sys.stderr, dynamic_ncols=True, dis
     del model
 
 base = {r["context"]: r for r in records if r["config"] == "baseline"}
-print("" if not names else f"\n{'config':<16}{'KV B/tok':>9}{'measured':>9}{'x base':>7}{'full ctx MiB':>13}"
-      + "".join(f"{'@' + str(c) + ' cached':>14}{'recompute':>10}{'speedup':>8}" for c in ctx_lens)
-      + f"{'peak MiB':>10}")
-for name in names:
-    rows = [r for r in records if r["config"] == name]
-    r0 = rows[-1]
-    line = (f"{name:<16}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
-            f"{r0['kv_bytes_per_token'] / base[r0['context']]['kv_bytes_per_token'] if base else 1:>7.2f}"
-            f"{batch_size * r0['kv_bytes_full_context'] / 2**20:>13.2f}")
-    for r in rows:
-        line += (f"{r['decode_ms_per_token_cached']:>11.2f} ms{r['decode_ms_per_token_recompute']:>8.1f}ms"
-                 f"{r['decode_ms_per_token_recompute'] / r['decode_ms_per_token_cached']:>7.1f}x")
-    line += f"{(r0['peak_bytes'] or 0) / 2**20:>10.1f}"
-    print(line)
-print("" if not names else "KV B/tok: analytic bytes per token (all layers); measured: bytes the cache holds / (batch x block); "
-      f"ms per decoded token with the cache and with recomputation; peak: {'CUDA max allocated' if is_cuda else 'process peak RSS'} "
-      f"at the largest context")
+if names:  # the random-weight table
+    print(f"\n{'config':<16}{'KV B/tok':>9}{'measured':>9}{'x base':>7}{'full ctx MiB':>13}"
+          + "".join(f"{'@' + str(c) + ' cached':>14}{'recompute':>10}{'speedup':>8}" for c in ctx_lens)
+          + f"{'peak MiB':>10}")
+    for name in names:
+        rows = [r for r in records if r["config"] == name]
+        r0 = rows[-1]
+        line = (f"{name:<16}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
+                f"{r0['kv_bytes_per_token'] / base[r0['context']]['kv_bytes_per_token'] if base else 1:>7.2f}"
+                f"{batch_size * r0['kv_bytes_full_context'] / 2**20:>13.2f}")
+        for r in rows:
+            line += (f"{r['decode_ms_per_token_cached']:>11.2f} ms{r['decode_ms_per_token_recompute']:>8.1f}ms"
+                     f"{r['decode_ms_per_token_recompute'] / r['decode_ms_per_token_cached']:>7.1f}x")
+        line += f"{(r0['peak_bytes'] or 0) / 2**20:>10.1f}"
+        print(line)
+    print("KV B/tok: analytic bytes per token (all layers); measured: bytes the cache holds / (batch x block); "
+          f"ms per decoded token with the cache and with recomputation; peak: {'CUDA max allocated' if is_cuda else 'process peak RSS'} "
+          f"at the largest context")
 
 pruning = []
 ckpts = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})

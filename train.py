@@ -136,7 +136,7 @@ meta = dataset_meta(dataset)
 meta_vocab_size, seq_len = meta.get("vocab_size"), meta.get("seq_len", 1)
 scored = bool(meta.get("mask"))  # only some targets count (the recall set's answers): report accuracy
 for split in ("train", "val"):
-    load_split(dataset, split, meta)  # a missing token or mask file is an error now, not mid-run
+    load_split(dataset, split, meta, block_size)  # missing or too short data is an error now, not mid-run
 if scored and block_size < seq_len:
     die(f"block_size={block_size} is shorter than the sequences of data/{dataset} (seq_len={seq_len}): the answers "
         f"past the window would never be seen; use --block_size={seq_len} or a multiple")
@@ -159,8 +159,6 @@ def generator(*key):
 def get_batch(split, gen):
     # a fresh memmap per batch, as in nanoGPT: a long-lived one leaks memory
     data, mask = load_split(dataset, split, meta)
-    if len(data) <= block_size:
-        die(f"{split}.bin holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
     x, y = windows(data, window_starts(len(data), block_size, batch_size, gen, seq_len), block_size, mask)
     if device_type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
