@@ -1,20 +1,22 @@
 """
-What each config really costs at inference, measured side by side in one run:
+What each config really costs at inference, in each cache form, measured side by side in one run
+(random weights: cost does not depend on training). Every ratio is against the baseline in its K/V
+form, measured in the same run (added when --configs leaves it out).
 
-1. KV-cache bytes per token: the analytic figure and the bytes the cache actually holds after a
-   prefill (they must agree), and the bytes for a full context per sequence.
-2. Peak memory while generating at each context length (CUDA: max allocated; CPU: the cache's own
-   bytes, and the process's peak resident memory, reset before each measurement on Linux).
-3. Decode milliseconds per token at each context, with the cache and with full recomputation.
+1. KV-cache bytes per token, analytic and measured from the tensors the cache holds (they must agree),
+   in form "kv" (K, V, plus Q with reciprocity) and form "input" (the layer input ln_1(x)).
+2. Prefill milliseconds, and decode milliseconds per token at each context, eager and compiled
+   (torch.compile of the static-shape decode step; CUDA graphs on CUDA).
+3. Throughput: tokens/s at --throughput_context for batch sizes doubling up to the largest whose cache
+   fits --mem_budget, and at that largest batch: where a smaller cache shows up as speed.
 4. With trained checkpoints (--ckpt): validation loss as attention is removed from 0, 1, 2, ...
    layers, in two orders (lowest route gate first; lowest measured attention contribution first),
    with the KV bytes per token at each step; on the recall set (data/recall) also recall accuracy.
 
-$ python kv_cache_bench.py                                   # every config/ablation_*.py, CPU size
-$ python kv_cache_bench.py --configs=baseline,lens,gqa,mqa --contexts=256,1024 --json=kv.json
-$ python kv_cache_bench.py --ckpt='out-*/ckpt.pt' --plot=pruning.png
+$ python kv_cache_bench.py --configs=baseline,reciprocity,lens,gqa,mqa      # CPU size, both forms
+$ python kv_cache_bench.py --configs=baseline,lens --contexts=256,1024 --json=kv.json
+$ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
-Weights are random for 1-3 (cost does not depend on training); 4 uses the checkpoints.
 """
 import glob
 import json
@@ -30,17 +32,22 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, model_settings
 from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
-from model import GPT, GPTConfig, KVCache
+from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step
 
 # -----------------------------------------------------------------------------
 configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), 'all', or '' for none (only --ckpt)
+forms = "kv,input"  # cache forms to measure: kv (K, V, + Q with reciprocity), input (ln_1(x))
 n_layer = 6
 n_head = 6
 n_embd = 384
 vocab_size = 65
 contexts = "128,512,1024"  # context lengths to decode at; the largest is the block size
-batch_size = 1
-decode_tokens = 8  # tokens timed per measurement
+batch_size = 1  # for the prefill and decode columns
+decode_tokens = 8  # tokens timed per measurement (the median is reported)
+modes = "eager,compiled"  # decode timings to take: eager, compiled, or both
+throughput_context = 1024  # context of the throughput table (<= the largest context); 0 skips the table
+throughput_steps = 4  # decode steps timed per batch size
+mem_budget = 0.0  # GiB the throughput table's caches may take; 0: 2 on a CPU, 80% of free memory on a GPU
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 ckpt = ""  # comma-separated checkpoint paths or globs, for the pruning curves
@@ -54,8 +61,20 @@ sys.argv = [a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
 ctx_lens = [int(c) for c in str(contexts).split(",")]
 block = max(ctx_lens)
+form_list = [f for f in str(forms).split(",") if f]
+mode_list = [m for m in str(modes).split(",") if m]
 ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 is_cuda = device.startswith("cuda")
+for f in form_list:
+    if f not in ("kv", "input"):
+        raise SystemExit(f"error: forms takes kv and/or input, got {f!r}")
+for m in mode_list:
+    if m not in ("eager", "compiled"):
+        raise SystemExit(f"error: modes takes eager and/or compiled, got {m!r}")
+if throughput_context > block or min(ctx_lens) <= decode_tokens:
+    raise SystemExit(f"error: need decode_tokens < every context and throughput_context <= {block}")
+
+
 def autocast():
     return torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32)
 
@@ -74,61 +93,74 @@ def timed(fn):
     return 1000 * (time.perf_counter() - t0)
 
 
-def reset_peak():
-    """Reset the peak counter that peak() reads."""
-    if is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    elif os.path.exists("/proc/self/clear_refs"):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak resident set size (VmHWM)
+def step_fn(mode):
+    """The decode step to time. Compiled steps are traced afresh for each model and shape: every model
+    here is new, and one dynamo cache would otherwise fill up across them."""
+    if mode == "eager":
+        return decode_step
+    torch._dynamo.reset()
+    return compiled_decode_step(device.split(":")[0])
 
 
-def peak():
-    if is_cuda:
-        return torch.cuda.max_memory_allocated()
-    if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return None
+def decode_ms(model, cache, idx, start, step):
+    """Median ms per token decoding idx[:, start:] one token at a time after the cache's first `start`
+    positions (the first call, which may compile, is left out)."""
+    ms = []
+    for i in range(start - 1, idx.size(1)):
+        pos = torch.tensor([i], device=device)
+        ms.append(timed(lambda: step(model, idx[:, i:i + 1], cache, pos)))
+    return float(np.median(ms[1:]))
 
 
 @torch.no_grad()
-def measure(name, model):
-    """Records for one model at every context length."""
+def measure(name, model, form):
+    """Records for one model in one cache form at every context length."""
     rows = []
-    with autocast():  # warm up: first calls pay for kernel selection and allocator growth
-        warm = KVCache(model, batch_size, max_len=block)
-        model(torch.zeros(batch_size, block // 2, dtype=torch.long, device=device), cache=warm)
-        for _ in range(min(4, block - block // 2)):  # stay inside the block however small it is
-            model(torch.zeros(batch_size, 1, dtype=torch.long, device=device), cache=warm)
-            model(torch.zeros(batch_size, min(64, block), dtype=torch.long, device=device))
-    del warm
     for c in ctx_lens:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(vocab_size, (batch_size, c), generator=g).to(device)
-        prompt = idx[:, :c - decode_tokens]
-        reset_peak()
-        cache = KVCache(model, batch_size, max_len=block)
+        start = c - decode_tokens
         with autocast():
-            model(prompt, cache=cache)  # prefill
-            measured = cache.nbytes() / (batch_size * block)
-            cached_ms, recompute_ms = [], []
-            for i in range(c - decode_tokens, c):  # decode with the cache, one token at a time
-                cached_ms.append(timed(lambda: model(idx[:, i:i + 1], cache=cache)))
-            peak_bytes = peak()
-            for i in range(c - decode_tokens, c):  # recompute the whole context for every token
-                recompute_ms.append(timed(lambda: model(idx[:, :i + 1])))
-        # medians: a shared machine's hiccups hit single tokens, not the typical one
-        cached_ms, recompute_ms = float(np.median(cached_ms)), float(np.median(recompute_ms))
-        analytic = model.kv_cache_bytes_per_token(ptdtype)
-        rows.append(dict(config=name, context=c, batch_size=batch_size, dtype=dtype,
-                         kv_bytes_per_token=analytic, kv_bytes_per_token_measured=measured,
-                         kv_bytes_full_context=analytic * block, cache_bytes=cache.nbytes(),
-                         decode_ms_per_token_cached=cached_ms, decode_ms_per_token_recompute=recompute_ms,
-                         peak_bytes=peak_bytes))
+            cache = KVCache(model, batch_size, max_len=c, form=form)
+            model(idx[:, :start], cache=cache)  # warm-up prefill: kernel selection, allocator growth
+            cache.reset()
+            prefill = timed(lambda: model(idx[:, :start], cache=cache))
+            measured = cache.nbytes() / (batch_size * c)
+            row = dict(config=name, form=form, context=c, batch_size=batch_size, dtype=dtype,
+                       kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, form=form),
+                       kv_bytes_per_token_measured=measured, prefill_ms=prefill)
+            for mode in mode_list:
+                row[f"decode_ms_{mode}"] = decode_ms(model, cache, idx, start, step_fn(mode))
+        rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def throughput(name, model, form, budget):
+    """Tokens/s decoding at throughput_context for batch sizes doubling up to the largest whose cache
+    fits the budget, and that largest one. The caches are filled with random values, not prefilled:
+    a decode step's time does not depend on what the cache holds."""
+    per_seq = model.kv_cache_bytes_per_token(ptdtype, form=form) * throughput_context
+    largest = int(budget // per_seq)
+    sizes = sorted({b for b in (2 ** i for i in range(largest.bit_length())) if b <= largest} | {largest} - {0})
+    mode = "compiled" if is_cuda else "eager"  # on CUDA, launches would bound an eager step
+    out = []
+    for b in sizes:
+        step = step_fn(mode)
+        with autocast():
+            cache = KVCache(model, b, max_len=throughput_context, form=form)
+            for s in cache.layers:
+                for k, t in (s or {}).items():
+                    if k in KVCache.STATE:
+                        t.normal_()
+            idx = torch.randint(vocab_size, (b, throughput_context), device=device)
+            ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
+        out.append(dict(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
+                        cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest))
+        del cache
+        if is_cuda:
+            torch.cuda.empty_cache()
+    return out
 
 
 @torch.no_grad()
@@ -157,6 +189,7 @@ def pruning_curve(path):
 names = [n for n in str(configs).split(",") if n]
 if names == ["all"]:
     names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
+if names:  # ratios need the baseline of this run
     names = ["baseline"] + [n for n in names if n != "baseline"]
 if not names and not ckpt:
     raise SystemExit("error: nothing to measure: give --configs or --ckpt")
@@ -165,37 +198,57 @@ for n in names:
         raise SystemExit(f"error: no config file config/ablation_{n}.py")
 machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
     else torch.cuda.get_device_name()
+budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[0] if is_cuda else 2 * 2**30)
 print(f"kv_cache_bench: {dtype} on {device} ({machine}), torch {torch.__version__}"
       + (f"; random-weight models: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}"
          if names else ""))
-records = []
-for name in tqdm(names, desc="configs", file=sys.stderr, dynamic_ncols=True, disable=not names):
+records, through = [], []
+todo = [(n, f) for n in names for f in (form_list if n != "baseline" else ["kv"] + [f for f in form_list if f != "kv"])]
+for name, form in tqdm(todo, desc="configs x forms", file=sys.stderr, dynamic_ncols=True, disable=not todo):
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                     **model_settings(f"config/ablation_{name}.py", n_head=n_head))
     model = GPT(cfg).to(device).eval()
-    records += measure(name, model)
+    records += measure(name, model, form)
+    if throughput_context:
+        through += throughput(name, model, form, budget)
     del model
 
-base = {r["context"]: r for r in records if r["config"] == "baseline"}
-if names:  # the random-weight table
-    print(f"\n{'config':<16}{'KV B/tok':>9}{'measured':>9}{'x base':>7}{'full ctx MiB':>13}"
-          + "".join(f"{'@' + str(c) + ' cached':>14}{'recompute':>10}{'speedup':>8}" for c in ctx_lens)
-          + f"{'peak MiB':>10}")
-    for name in names:
-        rows = [r for r in records if r["config"] == name]
-        r0 = rows[-1]
-        line = (f"{name:<16}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
-                f"{r0['kv_bytes_per_token'] / base[r0['context']]['kv_bytes_per_token'] if base else 1:>7.2f}"
-                f"{batch_size * r0['kv_bytes_full_context'] / 2**20:>13.2f}")
-        for r in rows:
-            line += (f"{r['decode_ms_per_token_cached']:>11.2f} ms{r['decode_ms_per_token_recompute']:>8.1f}ms"
-                     f"{r['decode_ms_per_token_recompute'] / r['decode_ms_per_token_cached']:>7.1f}x")
-        line += f"{(r0['peak_bytes'] or 0) / 2**20:>10.1f}"
+if names:
+    base = {r["context"]: r for r in records if r["config"] == "baseline" and r["form"] == "kv"}
+    big = max(ctx_lens)
+    head = f"{'config':<16}{'form':<7}{'KV B/tok':>9}{'measured':>9}{'x base':>7}"
+    head += "".join(f"{'prefill@' + str(c):>13}" for c in ctx_lens)
+    head += "".join(f"{m + '@' + str(c):>16}" for m in mode_list for c in ctx_lens)
+    head += "".join(f"{'x base ' + m[:5]:>13}" for m in mode_list)
+    print("\n" + head)
+    for name, form in dict.fromkeys((r["config"], r["form"]) for r in records):
+        rows = {r["context"]: r for r in records if r["config"] == name and r["form"] == form}
+        r0 = rows[big]
+        line = (f"{name:<16}{form:<7}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
+                f"{r0['kv_bytes_per_token'] / base[big]['kv_bytes_per_token']:>7.2f}")
+        line += "".join(f"{rows[c]['prefill_ms']:>10.1f} ms" for c in ctx_lens)
+        line += "".join(f"{rows[c][f'decode_ms_{m}']:>13.2f} ms" for m in mode_list for c in ctx_lens)
+        line += "".join(f"{r0[f'decode_ms_{m}'] / base[big][f'decode_ms_{m}']:>12.2f}x" for m in mode_list)
         print(line)
-    print("KV B/tok: analytic bytes per token (all layers); measured: bytes the cache holds / (batch x block); "
-          f"ms per decoded token with the cache and with recomputation; peak: {'CUDA max allocated' if is_cuda else 'process peak RSS'} "
-          f"at the largest context")
+    print(f"KV B/tok: analytic bytes per token in {dtype} (all layers), measured: bytes the cache holds / (batch x "
+          f"context); ms per decoded token at each context, batch {batch_size}; x base: decode at {big} against "
+          "the baseline's K/V form")
+if through:
+    ref = max((t for t in through if t["config"] == "baseline" and t["form"] == "kv"), key=lambda t: t["batch_size"])
+    sizes = sorted({t["batch_size"] for t in through if not t["largest"] or t["batch_size"] & (t["batch_size"] - 1) == 0})
+    print(f"\nthroughput at context {throughput_context}, caches within {budget / 2**30:.1f} GiB "
+          f"({through[0]['mode']} decoding), tokens/s:")
+    print(f"{'config':<16}{'form':<7}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
+          + "".join(f"{'b=' + str(b):>10}" for b in sizes))
+    for name, form in dict.fromkeys((t["config"], t["form"]) for t in through):
+        rows = [t for t in through if t["config"] == name and t["form"] == form]
+        top = rows[-1]
+        per_b = {t["batch_size"]: t["tokens_per_s"] for t in rows}
+        print(f"{name:<16}{form:<7}{top['batch_size']:>10d}{top['batch_size'] / ref['batch_size']:>7.2f}"
+              f"{top['tokens_per_s']:>13.1f}{top['tokens_per_s'] / ref['tokens_per_s']:>7.2f}"
+              + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
+    print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's K/V form")
 
 pruning = []
 ckpts = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
@@ -217,7 +270,7 @@ if pruning:
 if json_path:
     with open(json_path, "w") as f:
         json.dump({"machine": machine, "device": device, "torch": torch.__version__, "records": records,
-                   "pruning": pruning}, f, indent=1)
+                   "throughput": through, "pruning": pruning}, f, indent=1)
     print(f"wrote {json_path}")
 if plot:
     if not pruning:

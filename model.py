@@ -5,9 +5,13 @@ Every mechanism is a GPTConfig switch; with all of them off this is exactly GPT-
 Attention logits, per head (s = 1/sqrt(D)):
     logits[i, j] = w_std * s q_i.k_j  +  w_rec * s q_j.k_i  +  w_disc * k_j.u     (then causal mask)
     (w_std, w_rec, w_disc) = softmax(lens_gates) over the enabled terms.
-They fold into ONE scaled_dot_product_attention call with a wider head:
-    Q~_i = [q_i, k_i, 1],   K~_j = [w_std k_j, w_rec q_j, w_disc d_j / s]
-so no T x T matrix is ever built, and the mask (applied after mixing) keeps it causal.
+They fold into ONE scaled_dot_product_attention call, with every gate on the query side:
+    Q~_i = [w_std q_i + (w_disc / s) u  |  w_rec k_i],   K~_j = [k_j | q_j]
+    s Q~_i . K~_j = w_std s q_i.k_j + w_disc k_j.u + w_rec s q_j.k_i
+Width D with discoverability alone (an offset query), 2D with reciprocity; no T x T matrix is built,
+the mask (applied after mixing) keeps it causal, and the cache keeps the raw, ungated [k | q].
+Everything a past token contributes is linear in its ln_1 output x^_j, so the cache may keep x^_j
+instead (E values per layer) and decode with the projections absorbed into the query (KVCache).
 
 Block, with the route gate g = sigmoid(route_raw + route_bias):
     a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
@@ -25,6 +29,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
 @dataclass
@@ -99,68 +104,109 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.use_rec, self.use_disc = config.use_reciprocity, config.use_discoverability
+        self.lens = self.use_rec or self.use_disc
         if self.use_disc:
             self.u = nn.Parameter(0.02 * torch.randn(self.n_head, self.head_dim))
-        if self.use_rec or self.use_disc:
+        if self.lens:
             raw = [config.lens_gate_init[i] for i in config.lens_terms]
             self.lens_gates = nn.Parameter(torch.tensor(raw).repeat(self.n_head, 1))
 
     def lens_weights(self):
         """(w_std, w_rec, w_disc), each [H]; a disabled term is exactly 0."""
         zero = torch.zeros(self.n_head, device=self.c_proj.weight.device)
-        if not hasattr(self, "lens_gates"):
+        if not self.lens:
             return zero + 1, zero, zero
         w = F.softmax(self.lens_gates.float(), dim=-1).unbind(-1)
         return w[0], (w[1] if self.use_rec else zero), (w[-1] if self.use_disc else zero)
 
+    def query_side(self, q, k):
+        """The two halves of Q~ = [w_std q + (w_disc / s) u | w_rec k] (the second None without
+        reciprocity), so that s Q~_i . [k_j | q_j] = w_std S[i, j] + w_disc d_j + w_rec S[j, i].
+        Every learned gate and the column bias act on the query; the key side is the raw [k | q]."""
+        if not self.lens:
+            return q, None
+        w_std, w_rec, w_disc = (w.to(q.dtype).view(-1, 1, 1) for w in self.lens_weights())
+        qs = w_std * q
+        if self.use_disc:  # w_disc k_j.u = s k_j.(w_disc u / s): a per-head offset of the query
+            qs = qs + (w_disc * math.sqrt(self.head_dim)) * self.u.to(q.dtype).unsqueeze(1)
+        return qs, (w_rec * k if self.use_rec else None)
+
+    def attend(self, q, k, v, dropout_p=0.0):
+        """Causal attention of a chunk on itself: one fused SDPA call at width D (2D with
+        reciprocity), q (B, H, T, D), k and v (B, H_kv, T, D)."""
+        k, v = repeat_kv(k, self.n_head), repeat_kv(v, self.n_head)
+        qs, kr = self.query_side(q, k)
+        qt, kt = (qs, k) if kr is None else (torch.cat([qs, kr], -1), torch.cat([k, q], -1))
+        D, W = v.size(-1), qt.size(-1)
+        if W > D and sdpa_pads_v(v):
+            v = F.pad(v, (0, W - D))
+        y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
+        return y[..., :D]
+
     def forward(self, x, cache=None):
+        """x is ln_1's output (B, T, E). `cache` is (layer state, input_pos, fresh) while decoding:
+        the chunk's positions are written into the layer's buffers at input_pos; a fresh chunk
+        (nothing cached before it) attends to itself, any other to the buffers under a position mask."""
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([C, Hkv * D, Hkv * D], dim=2)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, Hkv, D).transpose(1, 2)
-        # keys side (all visible positions): from the cache when decoding, else this chunk
         if cache is None:
-            k_all, v_all, q_all, past = k, v, q, 0
+            dropout_p = self.dropout if self.training else 0.0
+            if self.lens and torch.is_grad_enabled():  # keep the widened operands out of backward
+                y = checkpoint(self.attend, q, k, v, dropout_p, use_reentrant=False, context_fn=sdpa_saves_only)
+            else:
+                y = self.attend(q, k, v, dropout_p)
         else:
-            k_all, v_all, q_all, past = cache.update(k, v, q if self.use_rec else None)
-        if Hkv != H:  # grouped/multi-query: each group of H/Hkv query heads shares one K/V head
-            k, k_all, v_all = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, k_all, v_all))
-        S = k_all.size(2)
-        # causal mask; chunks that start after a cached prefix need it explicitly (bottom-right aligned)
-        is_causal, mask = past == 0 and T > 1, None
-        if past > 0 and T > 1:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        dropout_p = self.dropout if self.training else 0.0
-
-        if not (self.use_rec or self.use_disc):  # plain GPT-2 attention
-            y = sdpa(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        else:
-            w_std, w_rec, w_disc = (w.to(x.dtype).view(1, H, 1, 1) for w in self.lens_weights())
-            u = self.u.to(x.dtype).unsqueeze(1) if self.use_disc else None  # (H, 1, D)
-
-            def operands():
-                qt, kt = [q], [w_std * k_all]
-                if self.use_rec:  # S^T[i, j] = s q_j . k_i
-                    qt.append(k)
-                    kt.append(w_rec * q_all)
-                if self.use_disc:  # d_j = k_j . u, divided by s because SDPA multiplies by s
-                    qt.append(torch.ones_like(q[..., :1]))
-                    kt.append(w_disc * (k_all * u).sum(-1, keepdim=True) * math.sqrt(D))
-                # zero-pad Q~, K~ and V to one width, a multiple of 8: the flash kernels (CPU and
-                # CUDA) need equal head widths, and zeros change no dot product. (Widths come from
-                # the config, not from tensor sizes, so they stay constants under torch.compile.)
-                used = D * (1 + self.use_rec) + self.use_disc
-                width = -(-used // 8) * 8
-                qt.append(q.new_zeros(B, H, T, width - used))
-                kt.append(q.new_zeros(B, H, S, width - used))
-                return torch.cat(qt, -1), torch.cat(kt, -1), F.pad(v_all, (0, width - D))
-
-            y = sdpa_rebuilding_operands(operands, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                         scale=1.0 / math.sqrt(D))[..., :D]
+            state, input_pos, fresh = cache
+            write_cache(state, x, q, k, v, input_pos)
+            y = self.attend(q, k, v) if fresh else self.attend_cached(state, q, k, input_pos)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def attend_cached(self, state, q, k, input_pos):
+        """Attention of a chunk at positions input_pos on everything the layer's buffers hold up to
+        them, written out: the buffers keep one static shape, the mask hides what is not written yet.
+        Query heads that share a K/V head (or, in the input form, all of them) are stacked into one
+        matrix product, so each buffer is read once per step, never copied per head."""
+        B, H, T, D = q.shape
+        Hkv, s = self.n_kv_head, 1.0 / math.sqrt(D)
+        qs, kr = self.query_side(q, repeat_kv(k, H))
+        visible = torch.arange(state["max_len"], device=q.device) <= input_pos.view(-1, 1)  # (T, L)
+
+        def probs(scores):  # (B, H, T, L) scores -> attention probabilities
+            return F.softmax((scores * s).masked_fill(~visible, float("-inf")), dim=-1)
+
+        if state["form"] == "input":  # the projections absorbed into the query: K~_j = W x^_j + b
+            x = state["x"]  # (B, L, E)
+            qa = qs @ state["wk"] + (0 if kr is None else kr @ state["wq"])  # (B, H, T, E)
+            p = probs((qa.view(B, H * T, -1) @ x.transpose(1, 2)).view(B, H, T, -1))
+            z = (p.view(B, H * T, -1) @ x).view(B, H, T, -1)  # sum_j p_j x^_j
+            return z @ state["wv"].transpose(-2, -1) + state["bv"]  # W_v (sum_j p_j x^_j) + b_v
+        if "kq" in state:  # multi-head reciprocity: K~ = [k | q] is one buffer, read as it is
+            p = probs(torch.cat([qs, kr], -1) @ state["kq"].transpose(-2, -1))
+        else:  # (B, H_kv, group * T, D) against (B, H_kv, L, D)
+            scores = (qs.reshape(B, Hkv, -1, D) @ state["k"].transpose(-2, -1)).view(B, H, T, -1)
+            if kr is not None:  # S^T against each head's own past queries
+                scores = scores + kr @ state["q"].transpose(-2, -1)
+            p = probs(scores)
+        return (p.reshape(B, Hkv, -1, p.size(-1)) @ state["v"]).view(B, H, T, D)
+
+
+def repeat_kv(t, n_head):
+    """(B, H_kv, T, D) -> (B, n_head, T, D): each group of query heads shares one K/V head."""
+    return t if t.size(1) == n_head else t.repeat_interleave(n_head // t.size(1), dim=1)
+
+
+def sdpa_pads_v(v):
+    """Whether to zero-pad V to the width of Q~ and K~ (zeros change no output column). Measured
+    (2-core CPU, torch 2.13, float32, 12 x 6 heads x 256 tokens, fwd+bwd at width 128): the CPU flash
+    kernel needs equal widths and a narrower V falls back to the math kernel, 1.7x slower than
+    padding. CUDA's flash kernel (FA2) needs equal widths too; its memory-efficient and cuDNN
+    kernels accept a narrower V, which has not been timed here: V is padded there as well."""
+    return True
 
 
 # cuDNN attention builds a new execution plan for every new sequence length, which costs ms per
@@ -176,30 +222,22 @@ def sdpa(*args, **kw):
         return F.scaled_dot_product_attention(*args, **kw)
 
 
-def sdpa_rebuilding_operands(operands, **kw):
-    """scaled_dot_product_attention(*operands(), **kw). For backward, autograd would keep the three
-    widened operands alive: more memory than all of GPT-2's attention. Saved-tensor hooks keep
-    nothing of them and call operands() again (a few concatenations) when backward needs them.
-    Under torch.compile the hooks would break the graph, so there the compiler decides what to keep."""
-    ops = operands()
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return sdpa(*ops, **kw)
-    index = {(t.data_ptr(), t.shape): i for i, t in enumerate(ops)}
-    rebuilt = []
+# Lens attention widens Q~, K~ and V; autograd would keep all three for backward, more memory than
+# all of GPT-2's attention. Selective activation checkpointing keeps only what the SDPA kernel
+# returns (its output and log-sum-exp) and rebuilds the operands from q, k, v in backward (a few
+# concatenations). It works the same in eager mode and under torch.compile.
+SDPA_OPS = {getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+    if hasattr(torch.ops.aten, name)}
 
-    def pack(t):
-        return index.get((t.data_ptr(), t.shape), t)
 
-    def unpack(saved):
-        if not isinstance(saved, int):
-            return saved
-        if not rebuilt:
-            with torch.no_grad():
-                rebuilt.extend(operands())
-        return rebuilt[saved]
+def _save_sdpa_outputs(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in SDPA_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return F.scaled_dot_product_attention(*ops, **kw)
+
+def sdpa_saves_only():
+    return create_selective_checkpoint_contexts(_save_sdpa_outputs)
 
 
 class MLP(nn.Module):
@@ -310,24 +348,32 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, targets=None, cache=None, attn_skip_layers=()):
-        """Logits and loss. `cache` (a KVCache) decodes incrementally; `attn_skip_layers` runs
-        those blocks with attention removed. Without targets only the last position's logits
-        are computed, as in nanoGPT. Targets equal to -1 are ignored by the loss."""
+    def forward(self, idx, targets=None, cache=None, attn_skip_layers=(), input_pos=None):
+        """Logits and loss. `cache` (a KVCache) decodes incrementally: by default the chunk goes at
+        the next cache.length positions and the cache advances past it; with `input_pos` (a tensor
+        of positions, as a compiled decode step passes) the caller owns the position. With
+        `attn_skip_layers` those blocks run with attention removed. Without targets only the last
+        position's logits are computed, as in nanoGPT. Targets equal to -1 are ignored by the loss."""
         b, t = idx.size()
-        past = 0 if cache is None else cache.length
-        if past + t > self.config.block_size:
-            raise ValueError(f"cannot forward {past + t} positions, block_size is {self.config.block_size}")
+        fresh = False
         if cache is not None:  # the cache was built for its own pruned layers
             if attn_skip_layers and set(attn_skip_layers) != cache.attn_skip_layers:
                 raise ValueError("attn_skip_layers differs from the KVCache's own")
             attn_skip_layers = cache.attn_skip_layers
-        pos = torch.arange(past, past + t, dtype=torch.long, device=idx.device)
+            if input_pos is None:
+                if cache.length + t > cache.max_len:
+                    raise ValueError(f"cannot add {t} positions to a KVCache holding {cache.length} "
+                                     f"of {cache.max_len}; reset() it")
+                fresh = cache.length == 0
+                input_pos = torch.arange(cache.length, cache.length + t, device=idx.device)
+                cache.length += t
+        elif t > self.config.block_size:
+            raise ValueError(f"cannot forward {t} positions, block_size is {self.config.block_size}")
+        pos = torch.arange(t, device=idx.device) if input_pos is None else input_pos
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache.layers[i], skip_attn=i in attn_skip_layers)
-        if cache is not None:
-            cache.length += t
+            skip = i in attn_skip_layers
+            x = block(x, None if cache is None or skip else (cache.layers[i], input_pos, fresh), skip_attn=skip)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -356,10 +402,11 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self):
-        """Training FLOPs per token: 6N for the weights plus the attention matmuls, whose
-        QK width grows with the lens terms (D, + D for reciprocity, + 1 for discoverability)."""
+        """Training FLOPs per token: 6N for the weights plus the attention matmuls. QK^T runs at the
+        width of Q~ and K~: D, or 2D with reciprocity (discoverability is an offset of the query and
+        adds no width); PV at D (V's zero padding, where a kernel needs it, is not model arithmetic)."""
         cfg, D = self.config, self.config.n_embd // self.config.n_head
-        qk = D * (1 + cfg.use_reciprocity) + cfg.use_discoverability
+        qk = D * (1 + cfg.use_reciprocity)
         return 6 * self.get_num_params() + 6 * cfg.n_layer * cfg.block_size * cfg.n_head * (qk + D)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
@@ -368,12 +415,12 @@ class GPT(nn.Module):
         return flops / dt / peak_flops
 
     # ---------------------------------------------------------------- KV cache
-    def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=()):
-        """What one token costs in the cache, summed over layers: K and V for n_kv_head heads,
-        Q too when reciprocity is on (S^T needs q_j of past tokens), nothing for a pruned layer."""
-        cfg, D = self.config, self.config.n_embd // self.config.n_head
-        per_layer = (2 * cfg.n_kv_head + cfg.n_head * cfg.use_reciprocity) * D
-        kept = sum(1 for i in range(cfg.n_layer) if i not in attn_skip_layers)
+    def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
+        """What one token costs in the cache, summed over layers. Form "kv": K and V for n_kv_head
+        heads, Q too when reciprocity is on (S^T needs q_j of past tokens). Form "input": the layer's
+        input ln_1(x), n_embd values, whatever the mechanisms. A pruned layer holds nothing."""
+        per_layer = kv_layer_values(self.config)[cache_form(self.config, form)]
+        kept = sum(1 for i in range(self.config.n_layer) if i not in attn_skip_layers)
         return per_layer * kept * torch.empty((), dtype=dtype).element_size()
 
     # ---------------------------------------------------------------- pretrained GPT-2
@@ -422,71 +469,153 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=()):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
+                 compile=False):
         """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers))
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers, compile))
         return torch.cat([idx] + new, dim=1)
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=()):
-        """Yield max_new_tokens sampled tokens (b, 1), one at a time. With the KV cache: prefill the
-        prompt in one pass, then feed one token per step. Without it: recompute the context every
-        step, as nanoGPT does. Both condition on the last block_size tokens: once the cache is full,
-        each step prefills the last block_size tokens again, so the two paths give the same logits."""
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
+                        compile=False):
+        """Yield max_new_tokens sampled tokens (b, 1), one at a time. kv_cache: False recomputes the
+        context every step, as nanoGPT does; True (= "auto": the smaller form for this config), "kv"
+        or "input" prefill the prompt in one pass, then feed one token per step. compile=True runs
+        that step through torch.compile (CUDA graphs on CUDA); it compiles once, not per position.
+        Every path conditions on the last block_size tokens: once the cache is full, the last
+        block_size tokens are prefilled again, so all paths give the same logits."""
         bs = self.config.block_size
-        cache = KVCache(self, idx.size(0), attn_skip_layers=attn_skip_layers) if kv_cache else None
+        max_len = min(bs, idx.size(1) + max_new_tokens)  # decoding attends over the whole buffer: no longer than needed
+        cache = KVCache(self, idx.size(0), max_len, attn_skip_layers, form=kv_cache) if kv_cache else None
+        if compile and cache is None:
+            raise ValueError("compile=True compiles the cached decode step: it needs kv_cache")
+        step = compiled_decode_step(idx.device.type) if compile else decode_step
         for _ in range(max_new_tokens):
             if cache is None:
                 logits, _ = self(idx[:, -bs:], attn_skip_layers=attn_skip_layers)
-            elif cache.length == 0 or cache.length == bs:
-                cache.length = 0
-                logits, _ = self(idx[:, -bs:], cache=cache)
+            elif cache.length in (0, cache.max_len):
+                cache.reset()
+                logits, _ = self(idx[:, -bs:], cache=cache)  # prefill, eager: one call per prompt
             else:
-                logits, _ = self(idx[:, -1:], cache=cache)
+                last = idx[:, -1:].clone(memory_format=torch.contiguous_format)  # strides (1, 1): no recompiles
+                logits = step(self, last, cache, torch.tensor([cache.length], device=idx.device))
+                cache.length += 1
             nxt = sample_next(logits[:, -1, :], temperature, top_k)
             idx = torch.cat((idx, nxt), dim=1)
             yield nxt
 
 
-class KVCache:
-    """Per-layer decoding state, preallocated for max_len tokens (block_size by default) on the
-    first write, in the dtype and device of what is written. Each layer keeps exactly what its
-    mechanisms need: K and V for n_kv_head heads, Q as well with reciprocity (S^T[t, j] = q_j . k_t),
-    nothing for discoverability (d_j is recomputed from K), nothing at all for a pruned layer."""
+def decode_step(model, idx, cache, input_pos):
+    """Logits for one token per sequence at position input_pos (a 1-element tensor). Every call has
+    the same shapes, whatever the position: the cache's buffers are static and masked."""
+    return model(idx, cache=cache, input_pos=input_pos)[0]
 
-    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=()):
-        cfg = unwrap(model).config
+
+_compiled = {}
+
+
+def compiled_decode_step(device_type):
+    """decode_step under torch.compile, built once per device type: CUDA graphs on CUDA (launch
+    overhead, not bytes, bounds a small model's decoding there), inductor's C++ code on a CPU."""
+    if device_type not in _compiled:
+        mode = "reduce-overhead" if device_type == "cuda" else None
+        _compiled[device_type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled[device_type]
+
+
+def kv_layer_values(cfg):
+    """Values one token costs per layer in each cache form."""
+    D = cfg.n_embd // cfg.n_head
+    return {"kv": (2 * cfg.n_kv_head + cfg.n_head * cfg.use_reciprocity) * D, "input": cfg.n_embd}
+
+
+def cache_form(cfg, form):
+    """The cache form "kv" or "input" that `form` names for this config: True and "auto" pick the
+    smaller (K/V on a tie, where decoding it costs fewer FLOPs): the input form for every multi-head
+    config, K/V for grouped- and multi-query attention."""
+    if form is True or form == "auto":
+        values = kv_layer_values(cfg)
+        return "input" if values["input"] < values["kv"] else "kv"
+    if form not in ("kv", "input"):
+        raise ValueError(f"unknown KV cache form {form!r}: use True (= 'auto'), 'auto', 'kv' or 'input'")
+    return form
+
+
+class KVCache:
+    """Per-layer decoding state in static buffers for max_len positions (block_size by default),
+    allocated once, zeroed (masked positions must hold finite values), in the autocast dtype when
+    autocast is on, else the model's. Decoding writes at explicit positions and attends over the
+    whole buffer under a position mask, so every decode step has one shape and compiles once.
+    Form "kv" keeps K and V for n_kv_head heads, and Q too with reciprocity (S^T[t, j] = q_j . k_t);
+    for multi-head reciprocity K~ = [k | q] is one buffer that decoding reads as it is. Form "input"
+    keeps the layer's input x^ = ln_1(x) (n_embd values per token) and decodes with the projections
+    absorbed into the query: exact, and half the baseline's bytes. Discoverability needs nothing
+    (d_j comes from K, or from x^), and a pruned layer keeps nothing in either form."""
+
+    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=(), form="auto", dtype=None):
+        model = unwrap(model)
+        cfg = model.config
+        self.form = cache_form(cfg, form)
         self.batch_size, self.max_len = batch_size, max_len or cfg.block_size
+        if not 1 <= self.max_len <= cfg.block_size:
+            raise ValueError(f"max_len={self.max_len} must be in [1, block_size={cfg.block_size}]")
         self.attn_skip_layers = set(attn_skip_layers)
-        self.length = 0  # positions filled; GPT.forward advances it
-        self.layers = [None if i in self.attn_skip_layers else _LayerCache(self, cfg.use_reciprocity)
-                       for i in range(cfg.n_layer)]
+        self.length = 0  # positions filled; GPT.forward advances it, reset() empties the cache
+        device = model.lm_head.weight.device
+        if dtype is None:
+            dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                     else model.lm_head.weight.dtype)
+        self.layers = [None if i in self.attn_skip_layers else self._layer(block.attn, device, dtype)
+                       for i, block in enumerate(model.transformer.h)]
+        if device.type == "cuda":  # CUDA graphs may then write into them in place
+            for t in (t for s in self.layers if s for k, t in s.items() if k in self.STATE):
+                torch._dynamo.mark_static_address(t)
+
+    STATE = ("k", "v", "q", "kq", "x")  # the per-token buffers; the rest are weights or settings
+
+    def _layer(self, attn, device, dtype):
+        B, L, H, Hkv, D = self.batch_size, self.max_len, attn.n_head, attn.n_kv_head, attn.head_dim
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)
+        if self.form == "input":  # head h's rows of c_attn, (H, D, E); a K/V group's rows repeated
+            E = H * D
+            w = attn.c_attn.weight.detach().to(dtype)
+            wq, wk, wv = w.split([E, Hkv * D, Hkv * D])
+            group = lambda t: t.view(Hkv, D, E).repeat_interleave(H // Hkv, dim=0)
+            state = dict(x=zeros(B, L, E), wk=group(wk), wv=group(wv), bv=0.0)
+            if attn.use_rec:
+                state["wq"] = wq.view(H, D, E)
+            if attn.c_attn.bias is not None:
+                bv = attn.c_attn.bias.detach().to(dtype)[E + Hkv * D:]
+                state["bv"] = bv.view(Hkv, 1, D).repeat_interleave(H // Hkv, dim=0)  # (H, 1, D)
+        elif attn.use_rec and Hkv == H:
+            state = dict(kq=zeros(B, H, L, 2 * D), v=zeros(B, Hkv, L, D))
+        else:
+            state = dict(k=zeros(B, Hkv, L, D), v=zeros(B, Hkv, L, D))
+            if attn.use_rec:
+                state["q"] = zeros(B, H, L, D)
+        return dict(state, form=self.form, max_len=L)
+
+    def reset(self):
+        """Empty the cache; the buffers stay (what they hold is masked until overwritten)."""
+        self.length = 0
 
     def nbytes(self):
-        """Bytes of the tensors the cache actually holds."""
-        return sum(t.numel() * t.element_size() for c in self.layers if c is not None for t in c.tensors())
+        """Bytes of the per-token buffers the cache actually holds."""
+        return sum(t.numel() * t.element_size() for s in self.layers if s for k, t in s.items() if k in self.STATE)
 
 
-class _LayerCache:
-    def __init__(self, owner, keep_q):
-        self.owner, self.keep_q = owner, keep_q
-        self.k = self.v = self.q = None
-
-    def tensors(self):
-        return [t for t in (self.k, self.v, self.q) if t is not None]
-
-    def update(self, k, v, q):
-        """Write this chunk at the owner's position; return the visible K, V, Q and the past length."""
-        p, t = self.owner.length, k.size(2)
-        if self.k is None:
-            shape = lambda x: (self.owner.batch_size, x.size(1), self.owner.max_len, x.size(3))
-            self.k, self.v = k.new_empty(shape(k)), v.new_empty(shape(v))
-            if self.keep_q:
-                self.q = q.new_empty(shape(q))
-        self.k[:, :, p:p + t], self.v[:, :, p:p + t] = k, v
-        if self.keep_q:
-            self.q[:, :, p:p + t] = q
-        return self.k[:, :, :p + t], self.v[:, :, :p + t], (self.q[:, :, :p + t] if self.keep_q else None), p
+def write_cache(state, x, q, k, v, input_pos):
+    """Write a chunk's cached values at input_pos: x^ for the input form, else K, V (and Q)."""
+    if state["form"] == "input":
+        state["x"].index_copy_(1, input_pos, x.to(state["x"].dtype))
+        return
+    if "kq" in state:
+        state["kq"].index_copy_(2, input_pos, torch.cat([k, q], -1).to(state["kq"].dtype))
+    else:
+        state["k"].index_copy_(2, input_pos, k.to(state["k"].dtype))
+        if "q" in state:
+            state["q"].index_copy_(2, input_pos, q.to(state["q"].dtype))
+    state["v"].index_copy_(2, input_pos, v.to(state["v"].dtype))
 
 
 def sample_next(logits, temperature=1.0, top_k=None):
@@ -655,3 +784,6 @@ def print_architecture_summary(model):
     kv, kv_base = model.kv_cache_bytes_per_token(torch.float16), base.kv_cache_bytes_per_token(torch.float16)
     print(f"  KV cache: {kv:,d} bytes/token in fp16 ({kv / kv_base:.2f}x GPT-2's {kv_base:,d}), "
           f"{kv * cfg.block_size:,d} bytes for a full {cfg.block_size}-token context")
+    inp = model.kv_cache_bytes_per_token(torch.float16, form="input")
+    print(f"  input-form cache (ln_1 inputs, exact): {inp:,d} bytes/token ({inp / kv_base:.2f}x); "
+          f"kv_cache=True picks the {cache_form(cfg, True)} form")

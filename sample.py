@@ -2,7 +2,8 @@
 Sample from a trained model, streaming tokens as they are made, with the KV cache by default.
 
 $ python sample.py --out_dir=out-ablation_full
-$ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers=(4,5)
+$ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers="(4,5)"
+$ python sample.py --out_dir=out-ablation_full --kv_cache=kv --compile=True
 $ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip install transformers`
 """
 import codecs
@@ -29,8 +30,8 @@ top_k = 200  # keep only the top_k most likely tokens; 0 keeps all
 seed = 1337
 device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA, else float32
-compile = False
-kv_cache = True
+compile = False  # torch.compile the decode step (CUDA graphs on CUDA); needs the KV cache
+kv_cache = "auto"  # auto (True): the smaller form; kv: K, V (+ Q); input: ln_1(x); False: recompute every step
 attn_skip_layers = ()  # run these layers with attention removed (they keep no cache)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
@@ -70,11 +71,11 @@ bad = [i for i in attn_skip_layers if not (isinstance(i, int) and 0 <= i < model
 if bad:
     die(f"attn_skip_layers {bad} are not layers of this {model.config.n_layer}-layer model")
 model.eval().to(device)
-if compile:  # generation calls forward directly, so compile that (shapes vary: prefill, decode)
-    if model.config.use_reciprocity or model.config.use_discoverability:
-        die("compile=True works for plain attention only: torch's inductor fails on the widened lens head "
-            "with dynamic shapes; sample without --compile")
-    model.forward = torch.compile(model.forward, dynamic=True)
+kv_cache = {"True": True, "False": False}.get(kv_cache, kv_cache)
+if kv_cache not in (True, False, "auto", "kv", "input"):
+    die(f"kv_cache must be True, False, auto, kv or input, got {kv_cache!r}")
+if compile and kv_cache is False:
+    die("compile=True compiles the cached decode step: it needs the KV cache (kv_cache=False recomputes)")
 
 if meta is not None and meta.get("mask"):
     die(f"this model was trained on data/{dataset}, token ids with no text vocabulary: there is nothing to "
@@ -121,7 +122,7 @@ for k in range(num_samples):
     t0, n = time.perf_counter(), 0
     with ctx:
         for tok in model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers):
+                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile):
             sys.stdout.write(dec(tok[0].tolist()))
             sys.stdout.flush()
             n += 1

@@ -6,48 +6,60 @@ import pytest
 import torch
 
 from conftest import TINY, run
-from model import KVCache
+from model import GPT, KVCache
 from test_model import CONFIGS, tiny
 
 
+FORMS = ("kv", "input")
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_cached_decoding_equals_recomputation(name):
+@pytest.mark.parametrize("form", FORMS)
+def test_cached_decoding_equals_recomputation(name, form):
+    """Prefill, then one token at a time, then a chunk after a cached prefix: every logit equals a
+    full forward pass to 1e-5 (float32), with and without a pruned layer."""
     model = tiny(**CONFIGS[name]).eval()
     idx = torch.randint(0, 61, (2, 32))
-    full, _ = model(idx, targets=idx)  # logits at every position, no cache
-    cache = KVCache(model, 2)
-    steps = [model(idx[:, :9], cache=cache)[0]]  # prefill 9, then one token at a time
-    steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(9, 32)]
-    for t, logits in zip(range(8, 32), steps):
-        assert torch.allclose(logits[:, -1], full[:, t], atol=1e-5, rtol=0), t
-    # a chunk after a cached prefix (mask aligned to the end) is exact too
-    cache = KVCache(model, 2)
-    model(idx[:, :10], cache=cache)
-    chunk, _ = model(idx[:, 10:20], cache=cache)
-    assert torch.allclose(chunk[:, -1], full[:, 19], atol=1e-5, rtol=0)
+    for skip in ((), (1,)):
+        full, _ = model(idx, targets=idx, attn_skip_layers=skip)  # logits at every position, no cache
+        cache = KVCache(model, 2, attn_skip_layers=skip, form=form)
+        steps = [model(idx[:, :9], cache=cache)[0]]
+        steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(9, 32)]
+        for t, logits in zip(range(8, 32), steps):
+            assert torch.allclose(logits[:, -1], full[:, t], atol=1e-5, rtol=0), (skip, t)
+        cache.reset()
+        model(idx[:, :10], cache=cache)
+        chunk, _ = model(idx[:, 10:20], cache=cache)
+        assert torch.allclose(chunk[:, -1], full[:, 19], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["baseline", "full", "gqa", "attn_only"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_greedy_generation_identical_and_past_block_size(name):
     model = tiny(**CONFIGS[name]).eval()
     prompt = torch.randint(0, 61, (2, 5))
-    # 5 + 60 tokens: well past block_size = 32, where the context is cropped
-    a = model.generate(prompt, 60, temperature=0, kv_cache=True)
-    b = model.generate(prompt, 60, temperature=0, kv_cache=False)
-    assert a.shape == (2, 65) and torch.equal(a, b)
+    # 5 + 60 tokens: well past block_size = 32, where the context is cropped and prefilled again
+    ref = model.generate(prompt, 60, temperature=0, kv_cache=False)
+    assert ref.shape == (2, 65)
+    for form in (True, "kv", "input"):
+        assert torch.equal(model.generate(prompt, 60, temperature=0, kv_cache=form), ref), form
     skip = (1,)
-    assert torch.equal(model.generate(prompt, 40, temperature=0, attn_skip_layers=skip),
-                       model.generate(prompt, 40, temperature=0, kv_cache=False, attn_skip_layers=skip))
+    ref = model.generate(prompt, 40, temperature=0, kv_cache=False, attn_skip_layers=skip)
+    for form in FORMS:
+        assert torch.equal(model.generate(prompt, 40, temperature=0, kv_cache=form, attn_skip_layers=skip), ref)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cache_holds_exactly_the_analytic_bytes(name):
     model = tiny(**CONFIGS[name]).eval()
-    for skip in ((), (0,), (0, 1)):
-        cache = KVCache(model, 3, attn_skip_layers=skip)
-        model(torch.randint(0, 61, (3, 7)), cache=cache)
-        assert cache.nbytes() == model.kv_cache_bytes_per_token(torch.float32, skip) * 3 * 32
-    assert model.kv_cache_bytes_per_token(torch.float32, (0, 1)) == 0
+    for form in FORMS:
+        for skip in ((), (0,), (0, 1)):
+            cache = KVCache(model, 3, attn_skip_layers=skip, form=form)
+            model(torch.randint(0, 61, (3, 7)), cache=cache)
+            assert cache.nbytes() == model.kv_cache_bytes_per_token(torch.float32, skip, form) * 3 * 32
+        assert model.kv_cache_bytes_per_token(torch.float32, (0, 1), form) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the cache keeps what autocast computes in
+        cache = KVCache(model, 1, form="kv")
+    assert cache.nbytes() == model.kv_cache_bytes_per_token(torch.bfloat16) * 32
 
 
 def test_cache_size_ratios():
@@ -60,6 +72,77 @@ def test_cache_size_ratios():
     base = tiny()
     assert base.kv_cache_bytes_per_token(torch.float32, (1,)) / per_token["baseline"] == 1 / 2  # (L - k) / L
     assert base.kv_cache_bytes_per_token(torch.bfloat16) == per_token["baseline"] // 2
+    # the input form: n_embd values per layer for every config; "auto" takes the smaller form
+    for n, ratio in (("baseline", 1 / 2), ("reciprocity", 1 / 3), ("discoverability", 1 / 2), ("full", 1 / 3)):
+        m = tiny(**CONFIGS[n])
+        assert m.kv_cache_bytes_per_token(form="input") / m.kv_cache_bytes_per_token() == ratio
+        assert KVCache(m, 1).form == "input"
+    assert KVCache(tiny(**CONFIGS["gqa"]), 1).form == "kv"  # 2 of 4 K/V heads: a tie, K/V decodes cheaper
+    assert KVCache(tiny(**CONFIGS["mqa"]), 1).form == "kv"
+    assert KVCache(tiny(**CONFIGS["full_mqa"]), 1).form == "input"  # Q for every head outweighs it
+
+
+def test_cache_form_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="unknown KV cache form 'latent'"):
+        KVCache(model, 1, form="latent")
+    with pytest.raises(ValueError, match="unknown KV cache form"):
+        model.kv_cache_bytes_per_token(form="kq")
+    with pytest.raises(ValueError, match=r"max_len=33 must be in \[1, block_size=32\]"):
+        KVCache(model, 1, max_len=33)
+    cache = KVCache(model, 1, max_len=8)
+    model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cannot add 1 positions to a KVCache holding 8 of 8; reset"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("name,width", [("baseline", 8), ("discoverability", 8), ("reciprocity", 16),
+                                        ("lens", 16), ("full_mqa", 16)])
+def test_lens_attention_widths(name, width, monkeypatch):
+    """Discoverability alone is attention at width D (an offset query); reciprocity at exactly 2D:
+    no ones column, no padding to a multiple of 8. (D = 8 here.)"""
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def record(q, k, v, **kw):
+        seen.append((q.size(-1), k.size(-1)))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
+    model = tiny(**CONFIGS[name])
+    idx = torch.randint(0, 61, (2, 16))
+    model(idx, targets=idx)[1].backward()
+    assert seen and set(seen) == {(width, width)}
+
+
+def test_input_form_matches_transformers_generation(tmp_path):
+    """OpenAI's GPT-2 layout (random weights, saved locally), decoded from a cache of layer inputs:
+    the same greedy tokens as transformers' own generate."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64,
+                                                               vocab_size=97)).eval()
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    prompt = torch.randint(0, 97, (2, 6))
+    ours = model.generate(prompt, 40, temperature=0, kv_cache="input")
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False,
+                         pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name,form", [("full", "input"), ("lens", "kv"), ("gqa", "kv")])
+def test_compiled_decoding_equals_eager_without_recompiling(name, form):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = tiny(**CONFIGS[name]).eval()
+    prompt = torch.randint(0, 61, (1 if form == "input" else 2, 4))  # batch 1 too: its slices have odd strides
+    eager = model.generate(prompt, 40, temperature=0, kv_cache=form)  # past block_size: prefilled again
+    compiled = model.generate(prompt, 40, temperature=0, kv_cache=form, compile=True)
+    assert torch.equal(compiled, eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph for ~40 positions
+    with pytest.raises(ValueError, match="compile=True compiles the cached decode step"):
+        model.generate(prompt, 2, kv_cache=False, compile=True)
 
 
 def test_pruned_attention_is_gone():
@@ -110,17 +193,22 @@ def test_sample_streams_and_reports_speed(trained):
     assert p.stdout.count("ROMEO:") == 2 and p.stdout.count("tokens/s") == 2
     p2 = run("sample.py", f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:",
              "--kv_cache=False", "--temperature=0")
-    p3 = run("sample.py", f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:",
-             "--temperature=0")
-    assert p2.stdout.split("---")[0] == p3.stdout.split("---")[0]  # greedy: same text with or without cache
+    greedy = p2.stdout.split("---")[0]
+    for form in ("kv", "input"):  # greedy: the same text with or without the cache, eager or compiled
+        for compiled in ("False", "True"):
+            p3 = run("sample.py", f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:",
+                     "--temperature=0", f"--kv_cache={form}", f"--compile={compiled}")
+            assert p3.stdout.split("---")[0] == greedy, (form, compiled)
 
 
 def test_sample_errors_and_prompts(trained, tmp_path):
     p = run("sample.py", f"--out_dir={trained}", "--start=caf\u00e9", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip() == "error: the prompt has characters this model's vocabulary lacks: '\u00e9'"
-    p = run("sample.py", f"--out_dir={trained}", "--compile=True", check=False)
-    assert p.returncode == 1 and p.stderr.strip().startswith("error: compile=True works for plain attention only")
+    p = run("sample.py", f"--out_dir={trained}", "--compile=True", "--kv_cache=False", check=False)
+    assert p.returncode == 1 and p.stderr.strip().startswith("error: compile=True compiles the cached decode step")
+    p = run("sample.py", f"--out_dir={trained}", "--kv_cache=latent", check=False)
+    assert p.returncode == 1 and p.stderr.strip() == "error: kv_cache must be True, False, auto, kv or input, got 'latent'"
     p = run("sample.py", f"--out_dir={tmp_path}", check=False)
     assert p.returncode == 1 and p.stderr.strip() == f"error: no checkpoint at {tmp_path}/ckpt.pt"
     long_prompt = tmp_path / "prompt.txt"
@@ -135,19 +223,27 @@ def test_sample_errors_and_prompts(trained, tmp_path):
 def test_kv_cache_bench(trained, tmp_path):
     out = tmp_path / "kv.json"
     png = tmp_path / "curve.png"
-    p = run("kv_cache_bench.py", "--configs=baseline,reciprocity,gqa,mqa,full", "--n_layer=2", "--n_embd=32",
-            "--n_head=4", "--contexts=16,64", "--decode_tokens=2", f"--json={out}", f"--ckpt={trained}/ckpt.pt",
-            "--eval_batches=2", f"--plot={png}")
+    p = run("kv_cache_bench.py", "--configs=reciprocity,gqa,mqa,full", "--n_layer=2", "--n_embd=32",
+            "--n_head=4", "--contexts=16,64", "--decode_tokens=2", "--throughput_context=64", "--mem_budget=0.0004",
+            "--throughput_steps=2", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
     data = json.loads(out.read_text())
-    fields = {"config", "context", "kv_bytes_per_token", "kv_bytes_per_token_measured", "decode_ms_per_token_cached",
-              "decode_ms_per_token_recompute", "peak_bytes"}
-    assert len(data["records"]) == 10 and all(fields <= set(r) for r in data["records"])
+    fields = {"config", "form", "context", "kv_bytes_per_token", "kv_bytes_per_token_measured", "prefill_ms",
+              "decode_ms_eager", "decode_ms_compiled"}
+    # the baseline is added (its K/V form is what every ratio is against); 5 configs x 2 forms x 2 contexts
+    assert len(data["records"]) == 20 and all(fields <= set(r) for r in data["records"])
     for r in data["records"]:
         assert r["kv_bytes_per_token_measured"] == r["kv_bytes_per_token"]
-    per = {r["config"]: r["kv_bytes_per_token"] for r in data["records"]}
-    assert per["reciprocity"] == 1.5 * per["baseline"] and per["mqa"] == per["baseline"] / 4
+    per = {(r["config"], r["form"]): r["kv_bytes_per_token"] for r in data["records"]}
+    assert per["reciprocity", "kv"] == 1.5 * per["baseline", "kv"] and per["mqa", "kv"] == per["baseline", "kv"] / 4
+    assert per["reciprocity", "input"] == per["baseline", "input"] == per["baseline", "kv"] / 2
+    # throughput: the batch whose cache fits 0.0004 GiB at context 64 (float32, 2 layers of 32)
+    largest = {(t["config"], t["form"]): t["batch_size"] for t in data["throughput"] if t["largest"]}
+    assert largest["baseline", "kv"] == int(0.0004 * 2**30 // (per["baseline", "kv"] * 64)) == 13
+    assert largest["baseline", "input"] == 26 and largest["reciprocity", "kv"] == 8 and largest["reciprocity", "input"] == 26
+    assert all(t["tokens_per_s"] > 0 for t in data["throughput"])
     curve = [r for r in data["pruning"] if r["ranking"] == "route_gate"]
     assert [r["layers_pruned"] for r in curve] == [0, 1, 2]
-    assert [r["kv_bytes_per_token"] for r in curve] == [per["full"], per["full"] / 2, 0]
+    assert [r["kv_bytes_per_token"] for r in curve] == [per["full", "kv"], per["full", "kv"] / 2, 0]
     assert {r["ranking"] for r in data["pruning"]} == {"route_gate", "contribution"}
     assert png.stat().st_size > 1000 and "with attention removed from 0, 1, 2, ... layers" in p.stdout
+    assert "throughput at context 64" in p.stdout

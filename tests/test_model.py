@@ -291,3 +291,30 @@ def test_architecture_summary(capsys):
     print_architecture_summary(tiny(use_reciprocity=True))
     out = capsys.readouterr().out
     assert "1.50x GPT-2" in out and "lens gates" in out
+
+
+def test_flops_count_the_attention_widths():
+    """QK^T at D, or 2D with reciprocity; discoverability adds no width (only its u parameters)."""
+    cfg = dict(TINY, n_embd=48)
+    base, rec, disc = (GPT(GPTConfig(**cfg, **m)) for m in ({}, dict(use_reciprocity=True), dict(use_discoverability=True)))
+    L, T, H, D = 2, 32, 4, 12
+    assert base.flops_per_token() == 6 * base.get_num_params() + 6 * L * T * H * (D + D)
+    assert rec.flops_per_token() - base.flops_per_token() == 6 * L * H * 2 + 6 * L * T * H * D  # gates, 2D QK
+    assert disc.flops_per_token() - base.flops_per_token() == 6 * (disc.get_num_params() - base.get_num_params())
+
+
+@pytest.mark.parametrize("name", ["lens", "full_mqa"])
+def test_lens_attention_trains_the_same_under_compile(name):
+    """The selective checkpointing that keeps the widened operands out of backward works in a compiled
+    graph too: same loss and gradients as eager."""
+    torch._dynamo.reset()
+    model = tiny(**CONFIGS[name])
+    idx = torch.randint(0, 61, (2, 24))
+    loss = model(idx, targets=idx)[1]
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    loss_c = compiled(idx, targets=idx)[1]
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()))
+    assert torch.allclose(loss, loss_c, atol=1e-6)
+    for a, b in zip(grads, grads_c):
+        assert torch.allclose(a, b, atol=1e-6)
