@@ -119,17 +119,25 @@ class CausalSelfAttention(nn.Module):
         w = F.softmax(self.lens_gates.float(), dim=-1).unbind(-1)
         return w[0], (w[1] if self.use_rec else zero), (w[-1] if self.use_disc else zero)
 
-    def query_side(self, q, k):
+    def query_gates(self):
+        """(w_std, w_rec, (w_disc / s) u), shaped to act on (B, H, T, D) queries; None where a term is off."""
+        w_std, w_rec, w_disc = (w.view(-1, 1, 1) for w in self.lens_weights())
+        offset = (w_disc * math.sqrt(self.head_dim)) * self.u.unsqueeze(1) if self.use_disc else None
+        return w_std, (w_rec if self.use_rec else None), offset
+
+    def query_side(self, q, k, gates=None):
         """The two halves of Q~ = [w_std q + (w_disc / s) u | w_rec k] (the second None without
         reciprocity), so that s Q~_i . [k_j | q_j] = w_std S[i, j] + w_disc d_j + w_rec S[j, i].
-        Every learned gate and the column bias act on the query; the key side is the raw [k | q]."""
+        Every learned gate and the column bias act on the query; the key side is the raw [k | q].
+        (w_disc k_j.u = s k_j.(w_disc u / s): the column bias is a per-head offset of the query.)
+        `gates`: query_gates() computed once, as a KV cache does for all its decode steps."""
         if not self.lens:
             return q, None
-        w_std, w_rec, w_disc = (w.to(q.dtype).view(-1, 1, 1) for w in self.lens_weights())
-        qs = w_std * q
-        if self.use_disc:  # w_disc k_j.u = s k_j.(w_disc u / s): a per-head offset of the query
-            qs = qs + (w_disc * math.sqrt(self.head_dim)) * self.u.to(q.dtype).unsqueeze(1)
-        return qs, (w_rec * k if self.use_rec else None)
+        w_std, w_rec, offset = self.query_gates() if gates is None else gates
+        qs = w_std.to(q.dtype) * q
+        if offset is not None:
+            qs = qs + offset.to(q.dtype)
+        return qs, (None if w_rec is None else w_rec.to(q.dtype) * k)
 
     def attend(self, q, k, v, dropout_p=0.0):
         """Causal attention of a chunk on itself: one fused SDPA call at width D (2D with
@@ -173,7 +181,7 @@ class CausalSelfAttention(nn.Module):
         matrix product, so each buffer is read once per step, never copied per head."""
         B, H, T, D = q.shape
         Hkv, s = self.n_kv_head, 1.0 / math.sqrt(D)
-        qs, kr = self.query_side(q, repeat_kv(k, H))
+        qs, kr = self.query_side(q, repeat_kv(k, H), state["gates"])
         visible = torch.arange(state["max_len"], device=q.device) <= input_pos.view(-1, 1)  # (T, L)
 
         def probs(scores):  # (B, H, T, L) scores -> attention probabilities
@@ -593,7 +601,9 @@ class KVCache:
             state = dict(k=zeros(B, Hkv, L, D), v=zeros(B, Hkv, L, D))
             if attn.use_rec:
                 state["q"] = zeros(B, H, L, D)
-        return dict(state, form=self.form, max_len=L)
+        with torch.no_grad():  # the lens gates do not change while decoding: computed once, not per step
+            gates = tuple(None if g is None else g.to(dtype) for g in attn.query_gates()) if attn.lens else None
+        return dict(state, form=self.form, max_len=L, gates=gates)
 
     def reset(self):
         """Empty the cache; the buffers stay (what they hold is masked until overwritten)."""
