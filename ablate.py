@@ -11,7 +11,6 @@ $ python ablate.py --overlay=config/recall.py --out_root=out-ablate-recall --see
 
 Finished runs (those with a result.json) are skipped; a run that was killed resumes from its checkpoint.
 """
-import glob
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import time
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import configure
+from configurator import ablation_names, configure
 from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import analyze_lens_gates, analyze_route_gates
 
@@ -38,13 +37,9 @@ eval_batch_size = 16
 dry_run = False
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
-names = configs.split(",")
-if names == ["all"]:
-    names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
-names = ["baseline"] + [n for n in names if n != "baseline"]  # every comparison needs the baseline
-for n in names:
-    if not os.path.isfile(f"config/ablation_{n}.py"):
-        raise SystemExit(f"error: no config file config/ablation_{n}.py")
+names = ablation_names(configs)
+if not names:
+    raise SystemExit("error: configs names no ablation")
 if overlay and not os.path.isfile(overlay):
     raise SystemExit(f"error: no overlay {overlay}")
 runs = [(n, s) for n in names for s in range(seeds)]

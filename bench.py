@@ -8,7 +8,6 @@ $ python bench.py --compare=reciprocity,lens,full   # baseline + these, ratios v
 $ python bench.py --compare=all --block_size=2048 --batch_size=2
 Tokens are random: this measures cost, not learning.
 """
-import glob
 import os
 import statistics
 import sys
@@ -16,7 +15,7 @@ import time
 
 import torch
 
-from configurator import configure, model_settings
+from configurator import ablation_names, configure, model_settings, setup_device
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -34,11 +33,12 @@ steps = 10  # timed steps per config, after warmup
 warmup = 3
 rounds = 2  # every config is timed this many times, interleaved; the median is reported
 seed = 1337
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+device = None  # None: cuda, then mps, then cpu
+dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 compile = False
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
 
 
 def peak_bytes_of_step(step, others):
@@ -74,8 +74,6 @@ def make_runner(name, settings):
     model = GPT(cfg).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cuda" if "cuda" in device else "cpu")
     fwd = torch.compile(model) if compile else model
-    ctx = torch.autocast(device_type="cuda" if "cuda" in device else "cpu", dtype=getattr(torch, dtype),
-                         enabled=dtype != "float32")
     x = torch.randint(vocab_size, (batch_size, block_size), device=device)
     y = torch.randint(vocab_size, (batch_size, block_size), device=device)
 
@@ -102,11 +100,7 @@ def timed(step):
 
 
 if compare:
-    names = compare.split(",")
-    if names == ["all"]:
-        names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
-    names = ["baseline"] + [n for n in names if n != "baseline"]
-    todo = [(n, f"config/ablation_{n}.py") for n in names]
+    todo = [(n, f"config/ablation_{n}.py") for n in ablation_names(compare)]
 else:
     todo = [(os.path.basename(config)[:-3].removeprefix("ablation_"), config)]
 for _, path in todo:

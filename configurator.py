@@ -4,14 +4,17 @@ as module globals and calls
 
     configure(globals(), sys.argv[1:])
 
-Each argument without '=' is a Python config file, run in order with the current settings visible
-(so an overlay can rescale what an earlier file set); each --key=value overrides one setting.
+Each argument not starting with '--' is a Python config file, run in order with the current settings
+visible (so an overlay can rescale what an earlier file set); each --key=value (or --key value, or a
+bare --flag for True) overrides one setting; --help lists every setting with its default and comment.
 An unknown key, a value of the wrong type or a config file that fails is a one-line error (exit 1).
 """
 
 import ast
 import difflib
+import glob
 import os
+import re
 
 PLAIN = (bool, int, float, str, tuple, type(None))
 
@@ -51,11 +54,47 @@ def parse_value(text):
         return text  # a bare string such as --device=cuda
 
 
-def configure(g, argv):
+def _help(g, keys):
+    """The script's docstring, then every setting with its default and the comment beside it."""
+    comments = {}
+    path = g.get("__file__")
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                m = re.match(r"^(\w+) = (.+?)(?:\s+#\s*(.*))?$", line.rstrip())
+                if m and m.group(1) not in comments:
+                    comments[m.group(1)] = m.group(3) or ""
+    print((g.get("__doc__") or "").strip())
+    print("\nsettings: config files (run in order), then --key=value, --key value, or a bare --flag for True")
+    width = max(len(f"--{k}={g[k]!r}") for k in keys) + 2
+    for k in keys:
+        print(f"  {f'--{k}={g[k]!r}':<{width}}{comments.get(k, '')}")
+    raise SystemExit(0)
+
+
+def configure(g, argv, follow=None):
     """Apply config files and --key=value overrides from argv to the settings in g; returns the
-    names of the settings."""
+    names of the settings. --help prints them all and exits. `follow` maps a setting to integer
+    settings that scale with it (train.py: max_iters -> lr_decay_iters and the annealing window):
+    when a config file or the command line changes the leader, each follower that neither that file
+    nor the command line sets is rescaled by new / old, so it keeps its place in the run."""
     keys = config_keys(g)
-    for arg in argv:
+    argv = list(argv)
+    explicit = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
+
+    def assign(updates):
+        for leader, followers in (follow or {}).items():
+            new, old = updates.get(leader, g[leader]), g[leader]
+            if new != old and old:
+                for f in followers:
+                    if f not in updates and f not in explicit:
+                        g[f] = int(g[f] * new / old)
+        g.update(updates)
+
+    while argv:
+        arg = argv.pop(0)
+        if arg in ("-h", "--help"):
+            _help(g, keys)
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
                 _die(f"config file {arg} not found")
@@ -65,19 +104,31 @@ def configure(g, argv):
                     exec(compile(f.read(), arg, "exec"), ns)
             except Exception as e:  # a config file is user code: report it in one line
                 _die(f"config file {arg} failed: {type(e).__name__}: {e}")
+            with open(arg) as f:  # what the file assigns, even to the value it already had
+                assigned = {t.id for node in ast.walk(ast.parse(f.read())) if isinstance(node, ast.Assign)
+                            for t in node.targets if isinstance(t, ast.Name)}
+            updates = {}
             for k, v in ns.items():
                 if k.startswith("_") or k == "__builtins__" or not isinstance(v, PLAIN):
                     continue  # helpers and imports inside a config file
                 if k not in keys:
                     _unknown(k, keys)
-                g[k] = _checked(k, v, g[k])
+                if k in assigned or v != g[k]:
+                    updates[k] = _checked(k, v, g[k])
+            assign(updates)
         else:
-            if "=" not in arg:
-                _die(f"expected --key=value, got {arg}")
-            k, text = arg[2:].split("=", 1)
+            k, eq, text = arg[2:].partition("=")
             if k not in keys:
                 _unknown(k, keys)
-            g[k] = text if isinstance(g[k], str) else _checked(k, parse_value(text), g[k])
+            if not eq:  # --key value, or a bare --flag for a True/False (or None) setting
+                flag = isinstance(g[k], bool) or g[k] is None
+                if flag and (not argv or argv[0].startswith("--") or argv[0] not in ("True", "False")):
+                    text = "True"
+                elif argv and not argv[0].startswith("--"):
+                    text = argv.pop(0)
+                else:
+                    _die(f"--{k} needs a value (--{k}=VALUE)")
+            assign({k: text if isinstance(g[k], str) else _checked(k, parse_value(text), g[k])})
     return keys
 
 
@@ -90,3 +141,58 @@ def model_settings(path, **context):
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), ns)
     return {k: v for k, v in ns.items() if k in GPTConfig.__dataclass_fields__ and k not in shape}
+
+
+def ablation_names(spec, baseline=True):
+    """The ablations a comma-separated spec names ('all': every config/ablation_*.py), the baseline
+    first where `baseline` (every comparison is against it); a name without a config file is a
+    one-line error."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    names = [n for n in str(spec).split(",") if n]
+    if names == ["all"]:
+        names = sorted(os.path.basename(p)[len("ablation_"):-3]
+                       for p in glob.glob(os.path.join(root, "config", "ablation_*.py")))
+    for n in names:
+        if not os.path.isfile(os.path.join(root, "config", f"ablation_{n}.py")):
+            _die(f"no config file config/ablation_{n}.py")
+    if baseline and names:
+        names = ["baseline"] + [n for n in names if n != "baseline"]
+    return names
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def setup_device(device=None, dtype=None):
+    """The one device and precision setup every script uses: (device, device_type, dtype, torch dtype,
+    autocast context). None picks cuda, then mps, then cpu; bfloat16 on CUDA where supported (else
+    float16), float32 elsewhere. A device this machine lacks or an unknown dtype is a one-line error;
+    float16 on a CPU, which is emulated there and several times slower, is a warning."""
+    import sys
+    from contextlib import nullcontext
+
+    import torch
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = str(device).split(":")[0]
+    if device_type not in ("cpu", "cuda", "mps"):
+        _die(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        _die(f"device={device}, but this machine has no CUDA device (torch {torch.__version__}); use --device=cpu")
+    if device_type == "cuda" and ":" in str(device) and int(str(device).split(":")[1]) >= torch.cuda.device_count():
+        _die(f"device={device}, but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        _die(f"device={device}, but MPS is not available on this machine; use --device=cpu")
+    if dtype is None:
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        _die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if dtype == "float16" and device_type == "cpu":
+        print("warning: float16 on a CPU is emulated and several times slower than bfloat16 or float32",
+              file=sys.stderr)
+    if device_type == "cuda":  # TF32 matmuls: free speed on Ampere and later
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = getattr(torch, dtype)
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+    return device, device_type, dtype, ptdtype, ctx

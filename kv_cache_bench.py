@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import configure, model_settings
+from configurator import ablation_names, configure, model_settings, setup_device
 from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step
 
@@ -48,8 +48,8 @@ modes = "eager,compiled"  # decode timings to take: eager, compiled, or both
 throughput_context = 1024  # context of the throughput table (<= the largest context); 0 skips the table
 throughput_steps = 4  # decode steps timed per batch size
 mem_budget = 0.0  # GiB the throughput table's caches may take; 0: 2 on a CPU, 80% of free memory on a GPU
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+device = None  # None: cuda, then mps, then cpu
+dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 ckpt = ""  # comma-separated checkpoint paths or globs, for the pruning curves
 eval_batches = 20  # validation batches per point of a pruning curve
 eval_batch_size = 8
@@ -57,14 +57,14 @@ json_path = ""  # --json_path=PATH (or --json=PATH) writes the records
 plot = ""  # PNG of validation loss against KV bytes per token (needs --ckpt and matplotlib)
 seed = 1337
 # -----------------------------------------------------------------------------
-sys.argv = [a.replace("--json=", "--json_path=", 1) for a in sys.argv]
+sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
 ctx_lens = [int(c) for c in str(contexts).split(",")]
 block = max(ctx_lens)
 form_list = [f for f in str(forms).split(",") if f]
 mode_list = [m for m in str(modes).split(",") if m]
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-is_cuda = device.startswith("cuda")
+device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
+is_cuda = device_type == "cuda"
 for f in form_list:
     if f not in ("kv", "input"):
         raise SystemExit(f"error: forms takes kv and/or input, got {f!r}")
@@ -76,7 +76,7 @@ if throughput_context > block or min(ctx_lens) <= decode_tokens:
 
 
 def autocast():
-    return torch.autocast(device_type="cuda" if is_cuda else "cpu", dtype=ptdtype, enabled=ptdtype != torch.float32)
+    return ctx
 
 
 def sync():
@@ -99,7 +99,7 @@ def step_fn(mode):
     if mode == "eager":
         return decode_step
     torch._dynamo.reset()
-    return compiled_decode_step(device.split(":")[0])
+    return compiled_decode_step(device_type)
 
 
 def decode_ms(model, cache, idx, start, step):
@@ -186,16 +186,9 @@ def pruning_curve(path):
 
 
 # ----------------------------------------------------------------------------- main
-names = [n for n in str(configs).split(",") if n]
-if names == ["all"]:
-    names = sorted(os.path.basename(p)[len("ablation_"):-3] for p in glob.glob("config/ablation_*.py"))
-if names:  # ratios need the baseline of this run
-    names = ["baseline"] + [n for n in names if n != "baseline"]
+names = ablation_names(configs)  # ratios need the baseline of this run: it comes first
 if not names and not ckpt:
     raise SystemExit("error: nothing to measure: give --configs or --ckpt")
-for n in names:
-    if not os.path.isfile(f"config/ablation_{n}.py"):
-        raise SystemExit(f"error: no config file config/ablation_{n}.py")
 machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
     else torch.cuda.get_device_name()
 budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[0] if is_cuda else 2 * 2**30)

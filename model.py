@@ -665,7 +665,7 @@ def load_base_weights(model, sd):
 
 
 def patch_gpt2_with_lens_attention(model, **options):
-    """The seeds' entry point: a GPT-2 (a GPT, a Hugging Face name or a local directory) with
+    """The entry point of the original lens write-up: a GPT-2 (a GPT, a Hugging Face name or a local directory) with
     lens mechanisms added on top. Returns (new_model, config)."""
     if isinstance(model, str):
         new = GPT.from_pretrained(model, **options)

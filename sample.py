@@ -11,12 +11,11 @@ import os
 import pickle
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import configure
+from configurator import configure, setup_device
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -29,7 +28,7 @@ temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = 
 top_k = 200  # keep only the top_k most likely tokens; 0 keeps all
 seed = 1337
 device = None  # None: cuda, then mps, then cpu
-dtype = None  # None: bfloat16 where supported on CUDA, else float32
+dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 compile = False  # torch.compile the decode step (CUDA graphs on CUDA); needs the KV cache
 kv_cache = "auto"  # auto (True): the smaller form; kv: K, V (+ Q); input: ln_1(x); False: recompute every step
 attn_skip_layers = ()  # run these layers with attention removed (they keep no cache)
@@ -41,15 +40,7 @@ def die(msg):
     raise SystemExit(f"error: {msg}")
 
 
-if device is None:
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-device_type = "cuda" if "cuda" in device else "mps" if "mps" in device else "cpu"
-if dtype is None:
-    dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-if ptdtype is None:
-    die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
+device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
 torch.manual_seed(seed)
 
 meta = None

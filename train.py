@@ -12,15 +12,15 @@ resumed run continues exactly where the interrupted one was, on any number of pr
 import hashlib
 import math
 import os
+import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import fields
 
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from configurator import configure
+from configurator import configure, setup_device
 from evaluate import dataset_meta, hits, load_split, window_starts, windows
 from model import GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
 
@@ -55,7 +55,7 @@ use_discoverability = False
 lens_gate_init = (2.2, 0.6, 0.1)
 use_route_gate = False
 init_route_gate = 0.8
-route_anneal_start = 666  # the seeds' 2000 -> 10000 window of 15000 steps, scaled to 5000
+route_anneal_start = 666  # the original recipe's 2000 -> 10000 of 15000 steps, scaled to 5000
 route_anneal_end = 3333
 route_anneal_target = -1.0
 mlp_use_ctx_summary = False
@@ -83,7 +83,8 @@ device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA, else float16 on CUDA, float32 elsewhere
 compile = None  # None: on for CUDA only
 # -----------------------------------------------------------------------------
-config_keys = configure(globals(), sys.argv[1:])
+# a run that changes max_iters keeps its schedule in place: decay and annealing window scale with it
+config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": ("lr_decay_iters", "route_anneal_start", "route_anneal_end")})
 config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
 model_keys = [f.name for f in fields(GPTConfig)]
 
@@ -92,21 +93,27 @@ def die(msg):
     raise SystemExit(f"error: {msg}")
 
 
+# every setting with a range is checked before any work starts (the model's own are GPTConfig's)
+for ok, msg in [
+    (batch_size >= 1 and block_size >= 1 and gradient_accumulation_steps >= 1,
+     "batch_size, block_size and gradient_accumulation_steps must be >= 1"),
+    (max_iters >= 0 and warmup_iters >= 0, "max_iters and warmup_iters must be >= 0"),
+    (eval_interval >= 1 and log_interval >= 1 and eval_iters >= 1, "eval_interval, log_interval and eval_iters must be >= 1"),
+    (learning_rate > 0 and 0 <= min_lr <= learning_rate, f"need learning_rate > 0 and 0 <= min_lr <= learning_rate, "
+                                                         f"got {learning_rate} and {min_lr}"),
+    (weight_decay >= 0 and grad_clip >= 0, "weight_decay and grad_clip must be >= 0"),
+    (0 <= beta1 < 1 and 0 <= beta2 < 1, f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}"),
+    (route_anneal_start <= route_anneal_end, "route_anneal_start must not exceed route_anneal_end"),
+    (compile in (None, True, False), f"compile must be True or False, got {compile!r}"),
+]:
+    if not ok:
+        die(msg)
+
 # -------------------------------------------------------------------- system
 ddp = int(os.environ.get("RANK", -1)) != -1
-if device is None:
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-device_type = "cuda" if "cuda" in device else "mps" if "mps" in device else "cpu"
-if device_type == "cuda" and not torch.cuda.is_available():
-    die(f"device={device} but CUDA is not available")
-if dtype is None:
-    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-if dtype not in ("float32", "bfloat16", "float16"):
-    die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
 if compile is None:
     compile = device_type == "cuda"
-if not isinstance(compile, bool):
-    die(f"compile must be True or False, got {compile!r}")
 if ddp:
     from torch.distributed import destroy_process_group, init_process_group
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -125,10 +132,6 @@ tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_
 if master:
     print(f"tokens per iteration: {tokens_per_iter:,}")
     os.makedirs(out_dir, exist_ok=True)
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # -------------------------------------------------------------------- data
 data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
@@ -241,7 +244,7 @@ def estimate_loss():
 def get_lr(it):
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
+    if it >= lr_decay_iters:  # (at lr_decay_iters the cosine is at min_lr too)
         return min_lr
     ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
@@ -260,13 +263,56 @@ def gate_stats():
     return stats
 
 
+def netrc_hosts():
+    """Hosts with a login in ~/.netrc (where `wandb login` keeps its key)."""
+    import netrc
+    try:
+        return set(netrc.netrc().hosts)
+    except (OSError, netrc.NetrcParseError):
+        return set()
+
+
 if wandb_log and master:
     try:
         import wandb
+        online = os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun")
+        if online and not os.environ.get("WANDB_API_KEY") and "api.wandb.ai" not in netrc_hosts():
+            raise RuntimeError("no API key (run `wandb login`, or set WANDB_MODE=offline); wandb would wait at "
+                               "its login prompt")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
     except Exception as e:  # logging must never stop training
         print(f"warning: wandb could not start ({type(e).__name__}: {e}); training goes on without it")
         wandb_log = False
+
+
+def save(losses):
+    """The training state after iter_num updates, atomically (resuming from it is exact)."""
+    save_checkpoint({
+        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
+        "best_val_loss": best_val_loss, "val_loss": losses.get("val"), "train_loss": losses.get("train"),
+        "val_acc": losses.get("val_acc"), "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
+    }, ckpt_path)
+
+
+# Ctrl-C (SIGINT) sets a flag; the loop stops between iterations, where the state is whole, saves it and
+# exits 130. A second Ctrl-C interrupts at once.
+interrupted = False
+
+
+def on_sigint(signum, frame):
+    global interrupted
+    interrupted = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_anywhere(flag):
+    t = torch.tensor(float(flag), device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+signal.signal(signal.SIGINT, on_sigint)
 
 # -------------------------------------------------------------------- training loop
 bar = None
@@ -277,7 +323,23 @@ log = bar.write if bar is not None else print
 t0 = time.time()
 local_iter_num, running_mfu = 0, -1.0
 step_time, timed_iters = 0.0, 0  # for the mean time per training iteration kept in the checkpoint
+losses = {}
 while True:
+    stop = interrupted
+    if ddp:  # every process stops at the same iteration (the next logged one), or the others would hang
+        stop = iter_num % log_interval == 0 and stop_anywhere(interrupted)
+    if stop:
+        if bar is not None:
+            bar.close()
+        if master:
+            save(losses)
+            print(f"interrupted: saved iteration {iter_num} to {ckpt_path}; resume with the same command and "
+                  f"--init_from=resume", flush=True)
+        if wandb_log and master:
+            wandb.finish()
+        if ddp:
+            destroy_process_group()
+        sys.exit(130)
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -296,13 +358,7 @@ while True:
             if losses["val"] < best_val_loss or always_save_checkpoint or iter_num >= max_iters:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 or init_from == "resume":
-                    save_checkpoint({
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
-                        "best_val_loss": best_val_loss, "val_loss": losses["val"], "train_loss": losses["train"],
-                        "val_acc": losses["val_acc"],
-                        "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
-                    }, ckpt_path)
+                    save(losses)
                     log(f"saved checkpoint to {ckpt_path}")
         if ddp:  # everyone waits for the master's eval and save
             torch.distributed.barrier()

@@ -1,5 +1,4 @@
-# Overlay: GPT-2 124M on fineweb-edu (block 1024), the seeds' 2000 -> 10000 annealing window of 15000 steps. Changes the scale, not the ablation.
-_old_iters = max_iters
+# Overlay: GPT-2 124M on fineweb-edu (block 1024), the original recipe's 2000 -> 10000 annealing window of 15000 steps. Changes the scale, not the ablation.
 dataset = 'fineweb_edu'
 block_size = 1024
 batch_size = 12
@@ -18,7 +17,5 @@ beta2 = 0.95
 eval_interval = 500
 eval_iters = 100
 log_interval = 10
-route_anneal_start = route_anneal_start * max_iters // _old_iters
-route_anneal_end = route_anneal_end * max_iters // _old_iters
 if n_kv_head not in (None, 1):
     n_kv_head = n_head // 4  # the GQA peer: a quarter of the heads

@@ -1,5 +1,4 @@
 # Overlay: the MQAR recall probe (python data/recall/prepare.py), minutes on a CPU. Changes the task and scale, not the ablation.
-_old_iters = max_iters
 dataset = 'recall'
 device = 'cpu'
 compile = False
@@ -15,15 +14,12 @@ dropout = 0.0
 # GPT-2's tied 0.02-scale embeddings leave every model on the 'which values are present' plateau
 # (0.25) for 10,000 steps; untied, unit-scale embeddings learn the lookup (~1.0) within 2000 (README)
 tie_embeddings = False
-max_iters = 2000
+max_iters = 2000  # lr_decay_iters and the annealing window scale with it (train.py)
 lr_decay_iters = 2000
 warmup_iters = 100
 learning_rate = 1e-3
 min_lr = 1e-4
 beta2 = 0.99
 mlp_ctx_rank = 32  # as config/cpu.py
-# the annealing window keeps its place in the run
-route_anneal_start = route_anneal_start * max_iters // _old_iters
-route_anneal_end = route_anneal_end * max_iters // _old_iters
 if n_kv_head not in (None, 1):
     n_kv_head = 2  # the GQA peer: half of the 4 heads (a quarter would be MQA)

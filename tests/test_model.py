@@ -81,7 +81,7 @@ def test_pretrained_with_mechanisms_on_top(tmp_path):
 
 # 2. the fused kernel call equals the written-out formula ------------------------------------------
 def reference_attention(attn, x):
-    """S, S^T, d, mask, softmax, exactly as DESIGN.md writes them, with a T x T matrix."""
+    """S, S^T, d, mask, softmax, exactly as docs/design.md writes them, with a T x T matrix."""
     B, T, C = x.shape
     H, Hkv = attn.n_head, attn.n_kv_head
     D = C // H
@@ -166,7 +166,7 @@ def test_parameter_counts_follow_the_formulas():
     assert n(mlp_use_ctx_summary=True) - base == L * (E * R + R * hidden + 1)
     hidden = round(2.5 * E)
     assert n(mlp_use_ctx_summary=True, mlp_expansion_ratio=2.5) - n(mlp_expansion_ratio=2.5) == L * (E * R + R * hidden + 1)
-    # GPT-2 124M: DESIGN.md's table, counted from real (meta) tensors
+    # GPT-2 124M: docs/design.md's table, counted from real (meta) tensors
     with torch.device("meta"):
         big = GPT(GPTConfig(**FULL))
     counts = mechanism_param_counts(big)
@@ -240,7 +240,7 @@ def test_annealing_schedule():
     stats = analyze_route_gates(model)
     assert stats["min_route_gate"] <= stats["mean_route_gate"] <= stats["max_route_gate"]
     assert len(stats["per_layer"]) == 2
-    # a dict config (the seeds' cfg) works too
+    # a dict config (as the original write-up passes it) works too
     assert apply_route_annealing(model, 15, {"route_anneal_start": 0, "route_anneal_end": 30}) == pytest.approx(-0.9)
 
 

@@ -35,7 +35,9 @@ def test_ablation_trains_and_loss_falls(name, char_data, tmp_path):
 
 
 def test_resume_is_exact(char_data, tmp_path):
-    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--eval_interval=10", "--always_save_checkpoint=True"]
+    # a run stopped early and extended later keeps one schedule: set it explicitly (or stop with Ctrl-C)
+    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--eval_interval=10", "--always_save_checkpoint=True",
+              "--lr_decay_iters=20", "--route_anneal_start=4", "--route_anneal_end=16"]
     run("train.py", *common, "--max_iters=20", f"--out_dir={tmp_path / 'straight'}")
     run("train.py", *common, "--max_iters=10", f"--out_dir={tmp_path / 'split'}")
     p = run("train.py", *common, "--max_iters=20", "--init_from=resume", f"--out_dir={tmp_path / 'split'}")
@@ -67,10 +69,12 @@ def test_a_killed_save_loses_nothing(tmp_path, monkeypatch):
 
 
 def test_resume_after_a_killed_save_continues(char_data, tmp_path):
-    run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=10", "--eval_interval=10", f"--out_dir={tmp_path}")
+    schedule = ["--lr_decay_iters=20", "--route_anneal_start=4", "--route_anneal_end=16"]  # one for both parts
+    run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=10", "--eval_interval=10", *schedule,
+        f"--out_dir={tmp_path}")
     with open(tmp_path / "ckpt.pt.tmp", "wb") as f:  # the leftovers of a save that was killed
         f.write(b"garbage")
-    p = run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=20", "--eval_interval=10",
+    p = run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=20", "--eval_interval=10", *schedule,
             "--init_from=resume", f"--out_dir={tmp_path}")
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20, p.stdout
 
@@ -133,3 +137,54 @@ def test_wandb_offline_writes_files(char_data, tmp_path):
         f"--out_dir={tmp_path}", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "*.wandb"))
     assert runs, os.listdir(tmp_path)
+
+
+def test_ctrl_c_saves_and_resumes_exactly(char_data, tmp_path):
+    """SIGINT mid-run: a checkpoint at the interrupted iteration, one line saying how to resume, exit
+    130; resuming from it ends where an uninterrupted run ends, bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--max_iters=300", "--eval_interval=100",
+              "--log_interval=1"]
+    run("train.py", *common, f"--out_dir={tmp_path / 'straight'}")
+    p = subprocess.Popen([sys.executable, "train.py", *common, f"--out_dir={tmp_path / 'cut'}"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in p.stdout:  # interrupt once training is under way
+        if line.startswith("iter 20:"):
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    cut = load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))
+    assert 20 < cut["iter_num"] < 300
+    assert out.strip().splitlines()[-1] == (f"interrupted: saved iteration {cut['iter_num']} to {tmp_path / 'cut' / 'ckpt.pt'}; "
+                                            "resume with the same command and --init_from=resume")
+    run("train.py", *common, f"--out_dir={tmp_path / 'cut'}", "--init_from=resume")
+    a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
+    b = load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))
+    assert a["iter_num"] == b["iter_num"] == 300
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_short_run_schedule_follows_max_iters(char_data, tmp_path):
+    """--max_iters after config/cpu.py (2000 iterations) takes the decay and the annealing window along,
+    unless the same command sets them: a 60-iteration run anneals and decays within its own length."""
+    run("train.py", "config/ablation_route_annealed.py", *TINY, "--max_iters=60", "--eval_interval=60",
+        f"--out_dir={tmp_path / 'a'}")
+    ck = load_checkpoint(str(tmp_path / "a" / "ckpt.pt"))
+    cfg = ck["config"]
+    assert cfg["lr_decay_iters"] == 60 and (cfg["route_anneal_start"], cfg["route_anneal_end"]) == (7, 39)
+    assert all(v.item() == pytest.approx(-1.8) for k, v in ck["model"].items() if k.endswith("route_bias"))
+    run("train.py", "config/ablation_route_annealed.py", *TINY, "--max_iters=60", "--eval_interval=60",
+        "--lr_decay_iters=50", f"--out_dir={tmp_path / 'b'}")
+    assert load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))["config"]["lr_decay_iters"] == 50
+
+
+def test_wandb_without_a_key_never_waits(char_data, tmp_path):
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path)}  # no key, no ~/.netrc
+    p = run("train.py", *TINY, "--max_iters=2", "--wandb_log=True", f"--out_dir={tmp_path / 'out'}", env=env, timeout=120)
+    assert "warning: wandb could not start (RuntimeError: no API key" in p.stdout
+    assert "step 2:" in p.stdout

@@ -1,0 +1,75 @@
+"""Every script is driven from its --help: it lists every setting with its default and comment and
+exits 0; bare boolean flags and --key value work; a flag that needs a value says so in one line."""
+import re
+
+import pytest
+
+from conftest import run
+
+SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_every_setting(script):
+    p = run(script, "--help")
+    assert p.returncode == 0 and "Traceback" not in p.stderr
+    settings = re.findall(r"^  --(\w+)=", p.stdout, flags=re.M)
+    with open(script) as f:  # every top-level plain setting of the script, in order
+        source = f.read()
+    block = source.split("# " + "-" * 77)[1]
+    declared = re.findall(r"^(\w+) = ", block, flags=re.M)
+    assert declared and set(declared) <= set(settings), set(declared) - set(settings)
+    assert p.stdout.startswith(source.split('"""')[1].strip().splitlines()[0])  # the docstring first
+
+
+@pytest.mark.parametrize("script", ["data/shakespeare_char/prepare.py", "data/shakespeare/prepare.py",
+                                    "data/recall/prepare.py", "data/fineweb_edu/prepare.py"])
+def test_prepare_help(script):
+    p = run(script, "--help")
+    assert p.returncode == 0 and "--input" in p.stdout or "recall" in script
+
+
+def test_bare_flags_and_key_value():
+    p = run("ablate.py", "--dry_run", "--configs", "baseline,lens", "--seeds", "2")
+    assert p.stdout.count("[run ") == 4 or p.stdout.count("baseline") >= 2, p.stdout
+    q = run("ablate.py", "--dry_run=True", "--configs=baseline,lens", "--seeds=2")
+    assert p.stdout == q.stdout
+    p = run("ablate.py", "--dry_run", "False", "--seeds", check=False)
+    assert p.returncode == 1 and p.stderr.strip() == "error: --seeds needs a value (--seeds=VALUE)"
+    p = run("ablate.py", "--seeds", "two", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "wants a int" in p.stderr
+
+
+BAD = [  # (script and arguments, the one line it must print)
+    (["train.py", "config/cpu.py", "--batch_size=0"], "error: batch_size, block_size and gradient_accumulation_steps must be >= 1"),
+    (["train.py", "config/cpu.py", "--learning_rate=-1"], "error: need learning_rate > 0 and 0 <= min_lr <= learning_rate, got -1.0 and 0.0001"),
+    (["train.py", "config/cpu.py", "--eval_interval=0"], "error: eval_interval, log_interval and eval_iters must be >= 1"),
+    (["train.py", "config/cpu.py", "--beta2=1.0"], "error: beta1 and beta2 must be in [0, 1), got 0.9 and 1.0"),
+    (["train.py", "--max_itres=5"], "error: unknown config key 'max_itres' (did you mean 'max_iters'?)"),
+    (["train.py", "--batch_size=big"], "error: config key 'batch_size' wants a int, got 'big' (str)"),
+    (["train.py", "--device=cuda"], "error: device=cuda, but this machine has no CUDA device"),
+    (["train.py", "--device=tpu"], "error: device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["sample.py", "--device=cuda"], "error: device=cuda, but this machine has no CUDA device"),
+    (["bench.py", "--dtype=fp16"], "error: dtype must be float32, bfloat16 or float16, got 'fp16'"),
+    (["kv_cache_bench.py", "--dtype=fp16"], "error: dtype must be float32, bfloat16 or float16, got 'fp16'"),
+    (["kv_cache_bench.py", "--forms=latent"], "error: forms takes kv and/or input, got 'latent'"),
+    (["kv_cache_bench.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
+    (["bench.py", "--compare=nope"], "error: no config file config/ablation_nope.py"),
+    (["ablate.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
+]
+
+
+@pytest.mark.parametrize("args,line", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])
+def test_bad_values_are_one_line_errors(args, line):
+    import torch
+    if torch.cuda.is_available() and "cuda" in " ".join(args):
+        pytest.skip("this machine has CUDA")
+    p = run(*args, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith(line), p.stderr
+
+
+def test_float16_on_a_cpu_warns():
+    p = run("bench.py", "--dtype=float16", "--device=cpu", "--steps=1", "--warmup=0", "--rounds=1", "--n_layer=1",
+            "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--config=config/ablation_baseline.py")
+    assert "warning: float16 on a CPU is emulated" in p.stderr
