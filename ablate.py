@@ -22,7 +22,7 @@ import time
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ablation_names, configure
+from configurator import ablation_names, configure, require
 from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import analyze_lens_gates, analyze_route_gates
 
@@ -37,6 +37,7 @@ eval_batch_size = 16
 dry_run = False
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+require((seeds >= 1 and eval_batches >= 1 and eval_batch_size >= 1, "seeds, eval_batches and eval_batch_size must be >= 1"))
 names = ablation_names(configs)
 if not names:
     raise SystemExit("error: configs names no ablation")
@@ -107,120 +108,165 @@ if dry_run:
     sys.exit(0)
 
 # ----------------------------------------------------------------------------- report
+def mean_std(values):
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+    return mean, std
+
+
+def welch(a, b):
+    """Welch's t test of mean(a) - mean(b): the difference, its 95% confidence interval and the
+    two-sided p-value; None with fewer than two values on either side (no spread to test against)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats as st
+    t = st.ttest_ind(a, b, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    return {"diff": mean_std(a)[0] - mean_std(b)[0], "lo": float(ci.low), "hi": float(ci.high),
+            "p": float(t.pvalue), "n": (len(a), len(b))}
+
+
+def holm(tests):
+    """Holm's step-down correction of the p-values in {name: test} (tests that are None are left out):
+    adjusted p-values, so that 'p < 0.05' holds for the whole family of comparisons in a study."""
+    ranked = sorted((t["p"], n) for n, t in tests.items() if t is not None)
+    adjusted, running = {}, 0.0
+    for i, (p, n) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        adjusted[n] = running
+    return adjusted
+
+
+def verdict(t, p, lower_is_better=True, unit=".4f", p_name="Holm p"):
+    """better, worse, or no difference detected, from the 95% interval; the test and n named."""
+    if t is None:
+        return "one seed: not tested"
+    test = f"Welch t, n={t['n'][0]} vs {t['n'][1]}, {p_name}={p:.2g}"
+    ci = f"95% CI [{t['lo']:+{unit}}, {t['hi']:+{unit}}]"
+    if t["lo"] > 0 or t["hi"] < 0:
+        good = (t["hi"] < 0) == lower_is_better
+        return f"{'better' if good else 'worse'} by {abs(t['diff']):{unit}} ({ci}; {test})"
+    return f"no difference detected ({ci}; {test})"
+
+
+def summarize(records, names, recall):
+    """Per config: means and spreads over its seeds, and the tests against the baseline."""
+    S = {}
+    for name in names:
+        rs = [r for r in records if r["config"] == name]
+        s = {"n": len(rs), "kv": rs[0]["kv_bytes_per_token"], "params": rs[0]["params"],
+             "ms": mean_std([r["ms_per_iter"] for r in rs])[0], "tokens": rs[0]["tokens_seen"],
+             "losses": [r["best_val_loss"] for r in rs]}
+        s["loss"], s["std"] = mean_std(s["losses"])
+        for ranking in ("route_gate", "contribution"):
+            vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
+            s[f"half_{ranking}"] = mean_std(vals)[0] if vals else None
+            if recall:
+                vals = [r["half_pruned"][ranking]["val_acc"] for r in rs if ranking in r["half_pruned"]]
+                s[f"half_acc_{ranking}"] = mean_std(vals)[0] if vals else None
+        if recall:
+            s["accs"] = [r["eval_val_acc"] for r in rs]
+            s["acc"], s["acc_std"] = mean_std(s["accs"])
+            s["acc_none"] = mean_std([r["all_pruned"]["val_acc"] for r in rs])[0]
+        S[name] = s
+    others = [n for n in names if n != "baseline"]
+    tests = {n: welch(S[n]["losses"], S["baseline"]["losses"]) for n in others}
+    p_holm = holm(tests)
+    for n in others:
+        S[n]["test"], S[n]["p_holm"] = tests[n], p_holm.get(n)
+    if recall:
+        acc_tests = {n: welch(S[n]["accs"], S["baseline"]["accs"]) for n in others}
+        acc_holm = holm(acc_tests)
+        for n in others:
+            S[n]["acc_test"], S[n]["acc_p_holm"] = acc_tests[n], acc_holm.get(n)
+    return S
+
+
+def report(S, names, records, recall, bag, header):
+    """The report's lines. Every sentence in it follows from the numbers in its table."""
+    base = S["baseline"]
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+    acc_note = (" Recall acc: the share of answers predicted exactly on the validation set, final model (mean +- std), "
+                f"chance {records[0]['chance_accuracy']:.4f}"
+                + (f", knowing only which values are in the sequence {bag:.4f}" if bag else "")
+                + "; half pruned acc likewise with half the layers' attention removed; no attention: every layer's "
+                "attention removed.") if recall else ""
+    lines = ["# Ablation report", "",
+             header + f"; {base['tokens']:,} training tokens per run. Loss: best validation loss (mean +- std over "
+             "seeds). Against the baseline: the difference of means with its 95% confidence interval (Welch's t), "
+             "and the p-value with Holm's correction across this study's configs; the verdict follows from the "
+             "interval. KV: cache bytes per token at 16-bit precision (K/V form). Half pruned: validation loss with "
+             "attention removed from half the layers, chosen by lowest route gate or lowest measured attention "
+             "contribution." + acc_note, "",
+             "| config | params | loss | delta [95% CI] | p (Holm) | KV B/token | KV x base | ms/iter x base | "
+             "half pruned (gate) | half pruned (contribution) |"
+             + (" recall acc | delta acc [95% CI] | half pruned acc (gate) | half pruned acc (contribution) | "
+                "no attention acc |" if recall else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|" if recall else "")]
+
+    def delta(t, p):
+        return "-" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}] | {p:.2g}"
+
+    for n in names:
+        s = S[n]
+        d = "- | -" if n == "baseline" else ("one seed | -" if s["test"] is None else delta(s["test"], s["p_holm"]))
+        row = (f"| {n} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['std'])} | {d} | {s['kv']:,} | "
+               f"{s['kv'] / base['kv']:.2f} | {s['ms'] / base['ms']:.2f} | {fmt(s['half_route_gate'])} | "
+               f"{fmt(s['half_contribution'])} |")
+        if recall:
+            t = None if n == "baseline" else s["acc_test"]
+            da = "-" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+            row += (f" {s['acc']:.4f} +- {fmt(s['acc_std'])} | {da} | {fmt(s['half_acc_route_gate'])} | "
+                    f"{fmt(s['half_acc_contribution'])} | {s['acc_none']:.4f} |")
+        lines.append(row)
+    answers = []
+    questions = {"reciprocity": "Does reciprocity help?", "discoverability": "Does discoverability help?",
+                 "lens": "Do reciprocity and discoverability together help?", "attn_only": "Can attention-only work?",
+                 "route_annealed": "Does an annealed route gate change the loss?",
+                 "route_free": "Does a freely learned route gate change the loss?"}
+    for n in names[1:]:  # every config against the baseline, in the table's order
+        answers.append(f"- {questions.get(n, 'Against the baseline:')} {n}: {verdict(S[n]['test'], S[n]['p_holm'])}.")
+        if recall:
+            answers.append(f"  Recall accuracy: {verdict(S[n]['acc_test'], S[n]['acc_p_holm'], lower_is_better=False)}.")
+    if "route_annealed" in S and "route_free" in S:  # one comparison outside the family against the baseline
+        t = welch(S["route_annealed"]["losses"], S["route_free"]["losses"])
+        answers.append(f"- Annealed against freely learned route gates: route_annealed "
+                       f"{verdict(t, t and t['p'], p_name='p, uncorrected')}.")
+    ratios = ", ".join(f"{n} {S[n]['kv'] / base['kv']:.2f}x" for n in names if n != "baseline")
+    if ratios:
+        smallest = min(S, key=lambda n: (S[n]["kv"], S[n]["loss"]))
+        answers.append(f"- KV bytes per token in the K/V form, against the baseline: {ratios}. Smallest: {smallest}.")
+    routed = [n for n in names if S[n]["half_route_gate"] is not None]
+    if routed:
+        best = min(routed, key=lambda n: S[n]["half_route_gate"])
+        answers.append(f"- With attention removed from half the layers (half the cache), the best route-gated model is "
+                       f"{best} at {S[best]['half_route_gate']:.4f} (lowest gates pruned); the baseline, pruned by "
+                       f"measured contribution, is at {fmt(base['half_contribution'])}.")
+    if recall:
+        none = [S[n]["acc_none"] for n in names]
+        answers.append(f"- With attention removed from every layer, every model's recall accuracy is at "
+                       f"{min(none):.4f} .. {max(none):.4f} (chance {records[0]['chance_accuracy']:.4f}).")
+        half = {n: max(v for v in (S[n]["half_acc_route_gate"], S[n]["half_acc_contribution"]) if v is not None)
+                for n in names}
+        keeps = max(names, key=lambda n: half[n])
+        answers.append(f"- With attention removed from half the layers (the better of the two orders), recall falls "
+                       f"from {base['acc']:.3f} to {half['baseline']:.3f} for the baseline; the config that keeps most "
+                       f"is {keeps} ({S[keeps]['acc']:.3f} -> {half[keeps]:.3f}).")
+    return lines + ["", "## Answers", ""] + answers
+
+
 records = []
 for name, seed in runs:
     with open(os.path.join(run_dir(name, seed), "result.json")) as f:
         records.append(json.load(f))
 with open(os.path.join(out_root, "results.json"), "w") as f:
     json.dump(records, f, indent=1)
-
-
-def stats(values):
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-    return mean, std
-
-
-def summary(name):
-    rs = [r for r in records if r["config"] == name]
-    out = {"n": len(rs), "kv": rs[0]["kv_bytes_per_token"], "params": rs[0]["params"],
-           "ms": stats([r["ms_per_iter"] for r in rs])[0], "tokens": rs[0]["tokens_seen"]}
-    out["loss"], out["std"] = stats([r["best_val_loss"] for r in rs])
-    out["final"] = stats([r["final_val_loss"] for r in rs])[0]
-    for ranking in ("route_gate", "contribution"):
-        vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
-        out[f"half_{ranking}"] = stats(vals)[0] if vals else None
-        if recall:
-            vals = [r["half_pruned"][ranking]["val_acc"] for r in rs if ranking in r["half_pruned"]]
-            out[f"half_acc_{ranking}"] = stats(vals)[0] if vals else None
-    if recall:
-        out["acc"], out["acc_std"] = stats([r["eval_val_acc"] for r in rs])
-        out["acc_none"] = stats([r["all_pruned"]["val_acc"] for r in rs])[0]
-    return out
-
-
 # a recall set (answers only): recall accuracy is reported next to the loss, and plotted
 recall = all(r.get("eval_val_acc") is not None for r in records)
-S = {n: summary(n) for n in names}
-base = S["baseline"]
-
-
-def compare(a, b="baseline", key="loss", std="std"):
-    """(difference in the mean of `key`, whether it exceeds twice its standard error over seeds)."""
-    d = S[a][key] - S[b][key]
-    se = math.sqrt(S[a][std] ** 2 / S[a]["n"] + S[b][std] ** 2 / S[b]["n"])
-    return d, (abs(d) > 2 * se) if not math.isnan(se) else None
-
-
-def verdict(a, b="baseline"):
-    d, real = compare(a, b)
-    if real is None:
-        return f"{a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}); one seed, so the spread is unknown"
-    if not real:
-        return f"no measurable difference: {a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}, within the seed spread)"
-    return (f"{'yes' if d < 0 else 'no, it hurts'}: {a} {S[a]['loss']:.4f} vs {b} {S[b]['loss']:.4f} ({d:+.4f}, "
-            f"larger than the seed spread)")
-
-
-fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+S = summarize(records, names, recall)
 bag = dataset_meta(records[0].get("dataset")).get("bag_accuracy") if recall else None
-acc_note = (" Recall acc: the share of answers predicted exactly on the validation set, final model (mean +- std), "
-            f"chance {records[0]['chance_accuracy']:.4f}"
-            + (f", knowing only which values are in the sequence {bag:.4f}" if bag else "")
-            + "; half pruned acc likewise with half the layers' attention removed; no attention: every layer's "
-            "attention removed.") if recall else ""
-lines = ["# Ablation report", "",
-         f"{len(names)} configs x {seeds} seeds, overlay `{overlay}`" + (f", `{train_args}`" if train_args else "")
-         + f"; {base['tokens']:,} training tokens per run. Loss: best validation loss (mean +- std over seeds). "
-         "Delta: against the baseline; 'real' when larger than twice its standard error over seeds. "
-         "KV: cache bytes per token at 16-bit precision. Half pruned: validation loss with attention removed from "
-         "half the layers, chosen by lowest route gate or lowest measured attention contribution." + acc_note, "",
-         "| config | params | loss | delta | real | KV B/token | KV x base | ms/iter x base | half pruned (gate) | half pruned (contribution) |"
-         + (" recall acc | real | half pruned acc (gate) | half pruned acc (contribution) | no attention acc |" if recall else ""),
-         "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|" if recall else "")]
-yes_no = lambda n, real: "-" if n == "baseline" else "n/a" if real is None else "yes" if real else "no"
-for n in names:
-    s, (d, real) = S[n], compare(n)
-    row = (f"| {n} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['std'])} | {d:+.4f} | {yes_no(n, real)} | {s['kv']:,} | "
-           f"{s['kv'] / base['kv']:.2f} | {s['ms'] / base['ms']:.2f} | {fmt(s['half_route_gate'])} | "
-           f"{fmt(s['half_contribution'])} |")
-    if recall:
-        row += (f" {s['acc']:.4f} +- {fmt(s['acc_std'])} | {yes_no(n, compare(n, key='acc', std='acc_std')[1])} | "
-                f"{fmt(s['half_acc_route_gate'])} | {fmt(s['half_acc_contribution'])} | {s['acc_none']:.4f} |")
-    lines.append(row)
-questions = []
-if "reciprocity" in S:
-    questions.append(f"- Does reciprocity help? {verdict('reciprocity')}. It costs {S['reciprocity']['kv'] / base['kv']:.2f}x the KV cache.")
-if "discoverability" in S:
-    questions.append(f"- Does discoverability help? {verdict('discoverability')}.")
-if "attn_only" in S:
-    questions.append(f"- Can attention-only work? {verdict('attn_only')}.")
-if "route_annealed" in S and "route_free" in S:
-    questions.append(f"- Does annealing beat free learning? {verdict('route_annealed', 'route_free')}.")
-ratios = ", ".join(f"{n} {S[n]['kv'] / base['kv']:.2f}x" for n in names if n != "baseline")
-smallest = min(S, key=lambda n: (S[n]["kv"], S[n]["loss"]))
-questions.append(f"- Does the cache shrink without pruning? KV bytes per token against the baseline: {ratios}. "
-                 f"Smallest: {smallest}. A route gate alone changes nothing; reciprocity adds 50%.")
-routed = [n for n in names if S[n]["half_route_gate"] is not None]
-if routed:
-    best = min(routed, key=lambda n: S[n]["half_route_gate"])
-    questions.append(f"- With attention removed from half the layers (half the cache), the best route-gated model is "
-                     f"{best} at {S[best]['half_route_gate']:.4f} (lowest gates pruned); the baseline, pruned by "
-                     f"measured contribution, is at {fmt(base['half_contribution'])}.")
-if recall:
-    accs = ", ".join(f"{n} {S[n]['acc']:.3f}" for n in names)
-    none = [S[n]["acc_none"] for n in names]
-    questions.append(f"- Recall accuracy (chance {records[0]['chance_accuracy']:.4f}"
-                     + (f"; knowing only which values are in the sequence: {bag:.4f}" if bag else "")
-                     + f"): {accs}. With attention removed "
-                     f"from every layer, every model is at {min(none):.4f} .. {max(none):.4f}.")
-    half = {n: max(v for v in (S[n]["half_acc_route_gate"], S[n]["half_acc_contribution"]) if v is not None)
-            for n in names}
-    keeps = max(names, key=lambda n: half[n])
-    questions.append(f"- With attention removed from half the layers (the better of the two orders), recall falls from "
-                     f"{base['acc']:.3f} to {half['baseline']:.3f} for the baseline; the config that keeps most is "
-                     f"{keeps} ({S[keeps]['acc']:.3f} -> {half[keeps]:.3f}).")
-lines += ["", "## Answers", ""] + questions
+header = (f"{len(names)} configs x {seeds} seeds, overlay `{overlay}`" + (f", `{train_args}`" if train_args else ""))
+lines = report(S, names, records, recall, bag, header)
 with open(os.path.join(out_root, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from configurator import ablation_names, configure, model_settings, setup_device
+from configurator import ablation_names, configure, model_settings, require, setup_device
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -38,6 +38,8 @@ dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 e
 compile = False
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+require((min(batch_size, block_size, n_layer, n_head, n_embd, vocab_size, steps, rounds) >= 1 and warmup >= 0,
+         "batch_size, block_size, the model's sizes, steps and rounds must be >= 1, warmup >= 0"))
 device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
 
 

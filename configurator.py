@@ -135,12 +135,19 @@ def configure(g, argv, follow=None):
 def model_settings(path, **context):
     """The GPTConfig lens knobs that a config file sets, with the shape left out (benchmarks pick
     their own). `context` supplies settings the file reads, such as max_iters or n_head."""
-    from model import GPTConfig
-    shape = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
+    from model import SHAPE_KEYS, GPTConfig
+    shape = set(SHAPE_KEYS) | {"dropout"}
     ns = {"max_iters": 5000, **context}
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), ns)
     return {k: v for k, v in ns.items() if k in GPTConfig.__dataclass_fields__ and k not in shape}
+
+
+def require(*checks):
+    """Each check is (condition, message): the first that fails is a one-line error, before any work."""
+    for ok, msg in checks:
+        if not ok:
+            _die(msg)
 
 
 def ablation_names(spec, baseline=True):

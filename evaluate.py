@@ -12,9 +12,15 @@ from model import attention_contribution
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def dataset_dir(dataset):
+    """Where a dataset's files live: data/<dataset> in this repo, or <$LENSGPT_DATA>/<dataset> where
+    that variable names another folder (the tests keep their data in a temporary one)."""
+    return os.path.join(os.environ.get("LENSGPT_DATA") or os.path.join(ROOT, "data"), str(dataset))
+
+
 def dataset_meta(dataset):
-    """data/<dataset>/meta.pkl as a dict (vocab_size, dtype, ...), or {} where there is none."""
-    path = os.path.join(ROOT, "data", str(dataset), "meta.pkl")
+    """<dataset dir>/meta.pkl as a dict (vocab_size, dtype, ...), or {} where there is none."""
+    path = os.path.join(dataset_dir(dataset), "meta.pkl")
     if not os.path.isfile(path):
         return {}
     with open(path, "rb") as f:
@@ -26,9 +32,11 @@ def load_split(dataset, split, meta=None, block_size=0):
     whose meta.pkl says mask=True (the recall set), <split>_mask.bin: 1 where the token is a loss
     target, 0 where it is ignored."""
     meta = dataset_meta(dataset) if meta is None else meta
-    path = os.path.join(ROOT, "data", str(dataset), f"{split}.bin")
+    path = os.path.join(dataset_dir(dataset), f"{split}.bin")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py")
+        where = "" if os.path.dirname(os.path.dirname(path)) == os.path.join(ROOT, "data") else \
+            f" --out_dir={os.path.dirname(path)}"
+        raise SystemExit(f"error: {path} not found; prepare it with: python data/{dataset}/prepare.py{where}")
     data = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")), mode="r")
     if len(data) <= block_size:
         raise SystemExit(f"error: {path} holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")

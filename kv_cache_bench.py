@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ablation_names, configure, model_settings, setup_device
+from configurator import ablation_names, configure, model_settings, require, setup_device
 from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
 from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step
 
@@ -59,7 +59,15 @@ seed = 1337
 # -----------------------------------------------------------------------------
 sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
-ctx_lens = [int(c) for c in str(contexts).split(",")]
+try:
+    ctx_lens = [int(c) for c in str(contexts).split(",")]
+except ValueError:
+    raise SystemExit(f"error: contexts takes comma-separated token counts, got {contexts!r}")
+require((min(ctx_lens) >= 2 and min(n_layer, n_head, n_embd, vocab_size, batch_size, decode_tokens) >= 1,
+         "contexts must be >= 2, and the model's sizes, batch_size and decode_tokens >= 1"),
+        (throughput_steps >= 1 and throughput_context >= 0 and mem_budget >= 0,
+         "throughput_steps must be >= 1, throughput_context and mem_budget >= 0"),
+        (eval_batches >= 1 and eval_batch_size >= 1, "eval_batches and eval_batch_size must be >= 1"))
 block = max(ctx_lens)
 form_list = [f for f in str(forms).split(",") if f]
 mode_list = [m for m in str(modes).split(",") if m]

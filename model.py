@@ -22,7 +22,7 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -639,6 +639,11 @@ def sample_next(logits, temperature=1.0, top_k=None):
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
+# GPTConfig's fields that give GPT-2 its shape, and the switches that turn a mechanism on: the one
+# list of each that the scripts share (benchmarks choose their own shape; the summary prints the switches)
+SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
+MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
+                      "mlp_ctx_conductor", "mlp_disabled")
 # The parameters that exist only because a lens mechanism is on; everything else is GPT-2.
 MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
                   ".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")
@@ -776,14 +781,11 @@ def print_architecture_summary(model):
     bytes per token this config implies."""
     model = unwrap(model)
     cfg = model.config
-    base_cfg = GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig)
-                            if f.name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias",
-                                          "tie_embeddings")})
+    base_cfg = GPTConfig(**{k: getattr(cfg, k) for k in SHAPE_KEYS + ("tie_embeddings",)})
     with torch.device("meta"):
         base = GPT(base_cfg)
     n_base, n = base.get_num_params(non_embedding=False), model.get_num_params(non_embedding=False)
-    on = [k for k in ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
-                      "mlp_ctx_conductor", "mlp_disabled") if getattr(cfg, k)]
+    on = [k for k in MECHANISM_SWITCHES if getattr(cfg, k)]
     print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV), {cfg.n_embd} wide, "
           f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}"
           f"{'' if cfg.tie_embeddings else ', untied embeddings'}; on: {', '.join(on) or 'nothing (GPT-2)'}")

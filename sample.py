@@ -8,14 +8,14 @@ $ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip ins
 """
 import codecs
 import os
-import pickle
 import sys
 import time
 
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import configure, setup_device
+from configurator import configure, require, setup_device
+from evaluate import dataset_meta
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -34,6 +34,8 @@ kv_cache = "auto"  # auto (True): the smaller form; kv: K, V (+ Q); input: ln_1(
 attn_skip_layers = ()  # run these layers with attention removed (they keep no cache)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
+require((num_samples >= 1 and max_new_tokens >= 0, "num_samples must be >= 1 and max_new_tokens >= 0"),
+        (temperature >= 0 and top_k >= 0, f"temperature and top_k must be >= 0, got {temperature} and {top_k}"))
 
 
 def die(msg):
@@ -49,10 +51,7 @@ if init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
     model = model_from_checkpoint(checkpoint, ckpt_path)
     dataset = checkpoint["config"].get("dataset")
-    meta_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", str(dataset), "meta.pkl")
-    if os.path.isfile(meta_path):
-        with open(meta_path, "rb") as f:
-            meta = pickle.load(f)
+    meta = dataset_meta(dataset) or None
 else:
     try:
         model = GPT.from_pretrained(init_from)

@@ -20,9 +20,9 @@ from dataclasses import fields
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from configurator import configure, setup_device
-from evaluate import dataset_meta, hits, load_split, window_starts, windows
-from model import GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
+from configurator import configure, require, setup_device
+from evaluate import dataset_dir, dataset_meta, hits, load_split, window_starts, windows
+from model import SHAPE_KEYS, GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
 
 # -----------------------------------------------------------------------------
 # defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases
@@ -87,6 +87,10 @@ compile = None  # None: on for CUDA only
 config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": ("lr_decay_iters", "route_anneal_start", "route_anneal_end")})
 config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
 model_keys = [f.name for f in fields(GPTConfig)]
+# every GPTConfig field is a setting here (vocab_size comes from the dataset): a new field without one
+# would otherwise be dropped from model_args without a word
+assert all(k in config for k in model_keys if k != "vocab_size"), \
+    f"train.py has no setting for {[k for k in model_keys if k not in config and k != 'vocab_size']}"
 
 
 def die(msg):
@@ -94,7 +98,7 @@ def die(msg):
 
 
 # every setting with a range is checked before any work starts (the model's own are GPTConfig's)
-for ok, msg in [
+require(
     (batch_size >= 1 and block_size >= 1 and gradient_accumulation_steps >= 1,
      "batch_size, block_size and gradient_accumulation_steps must be >= 1"),
     (max_iters >= 0 and warmup_iters >= 0, "max_iters and warmup_iters must be >= 0"),
@@ -105,9 +109,8 @@ for ok, msg in [
     (0 <= beta1 < 1 and 0 <= beta2 < 1, f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}"),
     (route_anneal_start <= route_anneal_end, "route_anneal_start must not exceed route_anneal_end"),
     (compile in (None, True, False), f"compile must be True or False, got {compile!r}"),
-]:
-    if not ok:
-        die(msg)
+)
+
 
 # -------------------------------------------------------------------- system
 ddp = int(os.environ.get("RANK", -1)) != -1
@@ -134,7 +137,7 @@ if master:
     os.makedirs(out_dir, exist_ok=True)
 
 # -------------------------------------------------------------------- data
-data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+data_dir = dataset_dir(dataset)
 meta = dataset_meta(dataset)
 meta_vocab_size, seq_len = meta.get("vocab_size"), meta.get("seq_len", 1)
 scored = bool(meta.get("mask"))  # only some targets count (the recall set's answers): report accuracy
@@ -189,8 +192,7 @@ elif init_from == "resume":
     model = model_from_checkpoint(checkpoint, ckpt_path)
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
 else:
-    lens = {k: model_args[k] for k in model_keys if k not in ("block_size", "vocab_size", "n_layer", "n_head",
-                                                             "n_embd", "bias", "n_kv_head")}
+    lens = {k: model_args[k] for k in model_keys if k not in SHAPE_KEYS + ("n_kv_head",)}
     try:
         model = GPT.from_pretrained(init_from, **lens)
     except (OSError, ValueError) as e:

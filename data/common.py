@@ -9,11 +9,14 @@ import numpy as np
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
-def shakespeare_text(argv, here):
-    """The tiny Shakespeare text: --input PATH, else here/input.txt, else a download to there."""
-    ap = argparse.ArgumentParser(description="prepare tiny Shakespeare")
+def shakespeare_text(argv, here, description):
+    """(the tiny Shakespeare text, the output folder): --input PATH, else here/input.txt, else a
+    download to there; --out_dir, else here."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--input", help="a local copy of input.txt (no download)")
+    ap.add_argument("--out_dir", default=here, help="where train.bin, val.bin and meta.pkl go (default: beside this script)")
     args = ap.parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
     path = args.input or os.path.join(here, "input.txt")
     if args.input and not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found")
@@ -27,7 +30,7 @@ def shakespeare_text(argv, here):
         with open(path, "wb") as f:
             f.write(data)
     with open(path, encoding="utf-8") as f:
-        return f.read()
+        return f.read(), args.out_dir
 
 
 def write_split(here, name, ids, vocab_size):

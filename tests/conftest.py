@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -8,13 +10,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 SHAKESPEARE = os.environ.get("LENSGPT_SHAKESPEARE", os.path.join(SHARED, "data", "tinyshakespeare", "input.txt"))
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(SHARED, "tiktoken_cache"))
+# datasets go to a temporary folder, never into the repo (evaluate.dataset_dir reads LENSGPT_DATA)
+DATA = tempfile.mkdtemp(prefix="lensgpt-test-data-")
+os.environ["LENSGPT_DATA"] = DATA
 # settings that make any config train in seconds
 TINY = ["config/cpu.py", "--n_layer=2", "--n_embd=32", "--n_head=4", "--block_size=32", "--batch_size=4",
         "--eval_iters=4", "--mlp_ctx_rank=8", "--warmup_iters=5", "--log_interval=1000"]
 
 
-def run(*args, check=True, env=None, timeout=600):
-    """Run a repo script; returns the completed process (stdout and stderr as text)."""
+def run(*args, check=True, env=None, timeout=1800):
+    """Run a repo script; returns the completed process (stdout and stderr as text). The timeout only
+    guards against a hang: a slow, shared machine must not fail a test."""
     p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, **(env or {})}, timeout=timeout)
     if check and p.returncode != 0:
@@ -24,9 +30,32 @@ def run(*args, check=True, env=None, timeout=600):
 
 @pytest.fixture(scope="session")
 def char_data():
-    """data/shakespeare_char prepared from the local copy of tiny Shakespeare."""
+    """data/shakespeare_char, prepared from the local copy of tiny Shakespeare into the test data folder."""
     if not os.path.isfile(SHAKESPEARE):
         raise FileNotFoundError(f"tests need tiny Shakespeare at {SHAKESPEARE} (or set LENSGPT_SHAKESPEARE)")
-    if not os.path.isfile(os.path.join(ROOT, "data", "shakespeare_char", "val.bin")):
-        run("data/shakespeare_char/prepare.py", "--input", SHAKESPEARE)
-    return os.path.join(ROOT, "data", "shakespeare_char")
+    out = os.path.join(DATA, "shakespeare_char")
+    run("data/shakespeare_char/prepare.py", "--input", SHAKESPEARE, f"--out_dir={out}")
+    return out
+
+
+def repo_files():
+    """Untracked and ignored files in the repo, less Python's and pytest's own caches."""
+    p = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return None  # not a git checkout: nothing to compare
+    return {line[3:] for line in p.stdout.splitlines()
+            if line.startswith(("??", "!!")) and "__pycache__" not in line and ".pytest_cache" not in line}
+
+
+def pytest_sessionstart(session):
+    session.config.repo_files_before = repo_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite writes only to temporary folders: a file it left in the repo fails the run."""
+    shutil.rmtree(DATA, ignore_errors=True)
+    before, after = session.config.repo_files_before, repo_files()
+    if before is not None and after is not None and after - before:
+        print(f"\nerror: the tests left files in the repo: {sorted(after - before)}")
+        session.exitstatus = 1

@@ -26,9 +26,21 @@ def test_tiny_ablation_study(char_data, tmp_path):
         losses = [r["best_val_loss"] for r in records if r["config"] == name]
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert f"{statistics.mean(losses):.4f} +- {statistics.stdev(losses):.4f}" in row
+    # the stated test: Welch's interval for route_gate - baseline, computed by hand
+    from scipy.stats import t as student_t
+    a = [r["best_val_loss"] for r in records if r["config"] == "route_gate"]
+    b = [r["best_val_loss"] for r in records if r["config"] == "baseline"]
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = student_t.ppf(0.975, df) * (va + vb) ** 0.5
+    diff = statistics.mean(a) - statistics.mean(b)
+    row = next(line for line in report.splitlines() if line.startswith("| route_gate |"))
+    assert f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]" in row
+    assert "Welch t, n=2 vs 2" in report
     kv = {r["config"]: r["kv_bytes_per_token"] for r in records}
     assert f"| {kv['route_gate']:,} | {kv['route_gate'] / kv['baseline']:.2f} |" in report
-    assert "## Answers" in report and "Does the cache shrink" in report
+    assert "## Answers" in report and "KV bytes per token in the K/V form, against the baseline: route_gate" in report
+    assert "reciprocity" not in report.split("## Answers")[1]  # no sentence about a config that did not run
     assert (tmp_path / "loss_vs_kv.png").stat().st_size > 1000
 
     os.remove(tmp_path / "route_gate" / "seed1" / "result.json")  # as if killed after its last checkpoint

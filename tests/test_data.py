@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 
-from conftest import ROOT, SHAKESPEARE, run
+from conftest import SHAKESPEARE, run
 
 
 def test_shakespeare_char_counts(char_data):
@@ -17,10 +17,10 @@ def test_shakespeare_char_counts(char_data):
     assert len(np.memmap(os.path.join(char_data, "val.bin"), dtype=np.uint16, mode="r")) == 111_540
 
 
-def test_shakespeare_bpe_counts():
-    p = run("data/shakespeare/prepare.py", "--input", SHAKESPEARE)
+def test_shakespeare_bpe_counts(tmp_path):
+    d = str(tmp_path)
+    p = run("data/shakespeare/prepare.py", "--input", SHAKESPEARE, f"--out_dir={d}")
     assert "train has 301,966 tokens" in p.stdout and "val has 36,059 tokens" in p.stdout
-    d = os.path.join(ROOT, "data", "shakespeare")
     assert len(np.memmap(os.path.join(d, "train.bin"), dtype=np.uint16, mode="r")) == 301_966
     assert len(np.memmap(os.path.join(d, "val.bin"), dtype=np.uint16, mode="r")) == 36_059
 
@@ -48,3 +48,12 @@ def test_fineweb_edu_on_a_local_file(tmp_path):
     bad.write_text('{"txt": 1}\n')
     p = run("data/fineweb_edu/prepare.py", f"--input={bad}", f"--out_dir={tmp_path}", check=False)
     assert p.returncode != 0 and "line 1 is not a JSON object with a 'text' field" in p.stderr
+
+
+def test_bpe_without_tokenizer_files_is_one_line(tmp_path):
+    """Offline with no cached BPE files: one line that says what to do, not tiktoken's tracebacks."""
+    p = run("data/shakespeare/prepare.py", "--input", SHAKESPEARE, f"--out_dir={tmp_path}", check=False,
+            env={"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                 "https_proxy": "http://127.0.0.1:9"})
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("error: tiktoken cannot load the GPT-2 BPE files")

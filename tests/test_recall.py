@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run
+from conftest import DATA, run
 from evaluate import load_split, val_batches
 
 # a tiny variant of the task: 16 keys, 16 values, 4 pairs and 4 distinct queries in 32 tokens
@@ -27,14 +27,14 @@ STEPS = 1000
 
 @pytest.fixture(scope="module")
 def recall_data():
-    run("data/recall/prepare.py", *TINY_TASK, f"--out_dir=data/{NAME}")
-    return os.path.join(ROOT, "data", NAME)
+    run("data/recall/prepare.py", *TINY_TASK, f"--out_dir={os.path.join(DATA, NAME)}")
+    return os.path.join(DATA, NAME)
 
 
 @pytest.fixture(scope="module")
 def learn_data():
-    run("data/recall/prepare.py", *LEARN_TASK, f"--out_dir=data/{LEARN}")
-    return os.path.join(ROOT, "data", LEARN)
+    run("data/recall/prepare.py", *LEARN_TASK, f"--out_dir={os.path.join(DATA, LEARN)}")
+    return os.path.join(DATA, LEARN)
 
 
 def read(d, split):

@@ -1,10 +1,13 @@
 """Every script is driven from its --help: it lists every setting with its default and comment and
 exits 0; bare boolean flags and --key value work; a flag that needs a value says so in one line."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run
+from conftest import ROOT, run
 
 SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py"]
 
@@ -56,6 +59,13 @@ BAD = [  # (script and arguments, the one line it must print)
     (["kv_cache_bench.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
     (["bench.py", "--compare=nope"], "error: no config file config/ablation_nope.py"),
     (["ablate.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
+    (["ablate.py", "--seeds=0"], "error: seeds, eval_batches and eval_batch_size must be >= 1"),
+    (["sample.py", "--temperature=-1"], "error: temperature and top_k must be >= 0, got -1.0 and 200"),
+    (["sample.py", "--num_samples=0"], "error: num_samples must be >= 1 and max_new_tokens >= 0"),
+    (["bench.py", "--steps=0"], "error: batch_size, block_size, the model's sizes, steps and rounds must be >= 1"),
+    (["kv_cache_bench.py", "--contexts=a,b"], "error: contexts takes comma-separated token counts, got 'a,b'"),
+    (["kv_cache_bench.py", "--decode_tokens=0"], "error: contexts must be >= 2, and the model's sizes"),
+    (["kv_cache_bench.py", "--mem_budget=-1"], "error: throughput_steps must be >= 1, throughput_context and mem_budget"),
 ]
 
 
@@ -73,3 +83,30 @@ def test_float16_on_a_cpu_warns():
     p = run("bench.py", "--dtype=float16", "--device=cpu", "--steps=1", "--warmup=0", "--rounds=1", "--n_layer=1",
             "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--config=config/ablation_baseline.py")
     assert "warning: float16 on a CPU is emulated" in p.stderr
+
+
+def readme_commands(*sections):
+    """The `python ...` commands in the README's bash blocks under the given headings."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    cmds = []
+    for title in sections:
+        body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+        for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+            for line in block.splitlines():
+                for part in line.split(" && "):
+                    part = part.split("  #")[0].strip()
+                    if part.startswith("python "):
+                        cmds.append(part)
+    return cmds
+
+
+def test_readme_commands_parse():
+    """Every python command of the Quickstart and Sampling sections parses its arguments (--help
+    appended: config files and settings are read, then the help is printed; nothing runs)."""
+    cmds = readme_commands("Quickstart", "Sampling")
+    assert len(cmds) >= 6, cmds
+    for cmd in cmds:
+        p = subprocess.run(["bash", "-c", f"{cmd.replace('python ', sys.executable + ' ', 1)} --help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (cmd, p.stderr[-2000:])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import ROOT, TINY, run
+from conftest import DATA, ROOT, TINY, run
 
 ABLATIONS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "config", "ablation_*.py")))
 
@@ -84,7 +84,8 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
     (["--max_iters=ten"], "config key 'max_iters' wants a int, got 'ten'"),
     (["--use_reciprocity=1"], "config key 'use_reciprocity' wants a bool"),
     (["config/nope.py"], "config file config/nope.py not found"),
-    (["--dataset=nope"], "data/nope/train.bin not found; prepare it with: python data/nope/prepare.py"),
+    (["--dataset=nope"], f"{DATA}/nope/train.bin not found; prepare it with: python data/nope/prepare.py "
+                         f"--out_dir={DATA}/nope"),
     (["--n_kv_head=4", "--n_head=6"], "n_kv_head=4 must divide n_head=6"),
     (["--init_from=resume", "--out_dir=/nonexistent/x"], "no checkpoint at /nonexistent/x/ckpt.pt"),
 ])

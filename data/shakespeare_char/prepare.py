@@ -1,5 +1,5 @@
 """Character-level tiny Shakespeare: train.bin / val.bin (uint16) and meta.pkl (the vocabulary).
-$ python data/shakespeare_char/prepare.py [--input PATH]"""
+$ python data/shakespeare_char/prepare.py [--input PATH] [--out_dir DIR]"""
 import os
 import sys
 
@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import shakespeare_text, write_meta, write_split  # noqa: E402
 
 here = os.path.dirname(os.path.abspath(__file__))
-data = shakespeare_text(sys.argv[1:], here)
+data, out = shakespeare_text(sys.argv[1:], here, __doc__.splitlines()[0])
 print(f"length of dataset in characters: {len(data):,}")
 chars = sorted(set(data))
 stoi = {ch: i for i, ch in enumerate(chars)}
@@ -18,6 +18,6 @@ train_ids = [stoi[c] for c in data[:int(n * 0.9)]]
 val_ids = [stoi[c] for c in data[int(n * 0.9):]]
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
-write_split(here, "train", train_ids, len(chars))
-write_split(here, "val", val_ids, len(chars))
-write_meta(here, {"vocab_size": len(chars), "itos": itos, "stoi": stoi, "dtype": "uint16"})
+write_split(out, "train", train_ids, len(chars))
+write_split(out, "val", val_ids, len(chars))
+write_meta(out, {"vocab_size": len(chars), "itos": itos, "stoi": stoi, "dtype": "uint16"})
