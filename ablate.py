@@ -23,7 +23,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import ablation_names, configure, require
-from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
+from evaluate import dataset_meta, pruning_curve, val_batches
 from model import analyze_lens_gates, analyze_route_gates
 
 # -----------------------------------------------------------------------------
@@ -57,15 +57,14 @@ def evaluate(name, seed, out_dir, wall):
     batches = val_batches(tc["dataset"], cfg.block_size, eval_batches, eval_batch_size, "cpu")
     meta = dataset_meta(tc["dataset"])
     recall = bool(meta.get("mask"))  # a dataset of answers (the recall set): accuracy is the measure
-    orders, contrib = pruning_orders(model, batches)
-    half = cfg.n_layer // 2
+    curve, contrib = pruning_curve(model, batches)
+    half, L = cfg.n_layer // 2, cfg.n_layer
 
-    def pruned(layers):
-        loss, acc = val_eval(model, batches, tuple(layers))
-        return {"layers": sorted(layers), "val_loss": loss, "val_acc": acc if recall else None,
-                "kv_bytes_per_token": model.kv_cache_bytes_per_token(torch.float16, layers)}
+    def point(row):
+        return {"layers": row["pruned"], "val_loss": row["val_loss"], "val_acc": row["val_acc"] if recall else None,
+                "kv_bytes_per_token": row["kv_bytes_per_token"]}
 
-    full = pruned(())
+    full = point(curve[0])  # nothing pruned
     lens = analyze_lens_gates(model)
     tokens_per_iter = tc["batch_size"] * tc["block_size"] * tc["gradient_accumulation_steps"]
     return {
@@ -77,8 +76,9 @@ def evaluate(name, seed, out_dir, wall):
         "lens_gates": {k: v for k, v in lens.items() if k.startswith("mean_")},
         "route_gates": analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
         "attention_contribution": contrib,
-        "half_pruned": {r: pruned(o[:half]) for r, o in orders.items()},
-        "all_pruned": pruned(range(cfg.n_layer)),  # no attention anywhere: on the recall set, chance
+        "half_pruned": {r["ranking"]: point(r) for r in curve if r["layers_pruned"] == half},
+        "all_pruned": point(next(r for r in curve if r["layers_pruned"] == L)),  # no attention: on recall, chance
+        "pruning": [dict(point(r), ranking=r["ranking"]) for r in curve],  # the whole curve, each order
         "eval_val_loss": full["val_loss"], "eval_val_acc": full["val_acc"],  # on the same batches as the pruned
         "dataset": tc["dataset"], "chance_accuracy": meta.get("chance_accuracy") if recall else None,
     }

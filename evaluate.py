@@ -3,6 +3,7 @@ token file (with ignored targets where the dataset has a mask), fixed validation
 accuracy with attention pruned from chosen layers, and the two orders in which to prune layers."""
 import os
 import pickle
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -108,3 +109,21 @@ def pruning_orders(model, batches):
         gates = [b.route_gate().item() for b in model.transformer.h]
         orders["route_gate"] = sorted(range(n), key=lambda i: gates[i])
     return orders, contrib
+
+
+@torch.no_grad()
+def pruning_curve(model, batches, ctx=None):
+    """Validation loss (and accuracy, where the dataset scores answers) as attention is removed from
+    0, 1, 2, ... layers in each pruning order, with the KV bytes per token at each step, counted at
+    16-bit precision in the K/V form. Returns (rows, attention contributions); the one pipeline that
+    ablate.py and kv_cache_bench.py share."""
+    orders, contrib = pruning_orders(model, batches)
+    rows = []
+    for ranking, order in orders.items():
+        for k in range(model.config.n_layer + 1):
+            skip = tuple(sorted(order[:k]))
+            with ctx or nullcontext():
+                loss, acc = val_eval(model, batches, skip)
+            rows.append(dict(ranking=ranking, layers_pruned=k, pruned=list(skip), val_loss=loss, val_acc=acc,
+                             kv_bytes_per_token=model.kv_cache_bytes_per_token(torch.float16, skip)))
+    return rows, contrib

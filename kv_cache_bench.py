@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import ablation_names, configure, model_settings, require, setup_device
-from evaluate import dataset_meta, pruning_orders, val_batches, val_eval
+from evaluate import dataset_meta, pruning_curve, val_batches
 from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step
 
 # -----------------------------------------------------------------------------
@@ -171,26 +171,16 @@ def throughput(name, model, form, budget):
     return out
 
 
-@torch.no_grad()
-def pruning_curve(path):
-    """Validation loss as attention is removed layer by layer, for each ranking of the layers."""
+def checkpoint_curve(path):
+    """The pruning curve of a trained checkpoint (evaluate.pruning_curve), named by its run directory."""
     ck = load_checkpoint(path, map_location=device)
     model = model_from_checkpoint(ck, path).to(device).eval()
     name = os.path.relpath(os.path.dirname(os.path.abspath(path)))
     batches = val_batches(ck["config"]["dataset"], model.config.block_size, eval_batches, eval_batch_size, device, seed)
     recall = bool(dataset_meta(ck["config"]["dataset"]).get("mask"))  # answers only: accuracy is the measure
-    orders, contrib = pruning_orders(model, batches)
-    rows = []
-    for ranking, order in orders.items():
-        for k in range(model.config.n_layer + 1):
-            skip = tuple(sorted(order[:k]))
-            with autocast():
-                loss, acc = val_eval(model, batches, skip)
-            rows.append(dict(config=name, checkpoint=path, ranking=ranking, layers_pruned=k, pruned=list(skip),
-                             val_loss=loss, val_acc=acc if recall else None,
-                             kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, skip),
-                             attention_contribution=contrib))
-    return rows
+    rows, contrib = pruning_curve(model, batches, ctx)
+    return [dict(r, config=name, checkpoint=path, val_acc=r["val_acc"] if recall else None,
+                 attention_contribution=contrib) for r in rows]
 
 
 # ----------------------------------------------------------------------------- main
@@ -256,7 +246,7 @@ ckpts = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
 if ckpt and not ckpts:
     raise SystemExit(f"error: no checkpoint matches {ckpt}")
 for path in tqdm(ckpts, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
-    pruning += pruning_curve(path)
+    pruning += checkpoint_curve(path)
 if pruning:
     most = max(r["layers_pruned"] for r in pruning)
     print(f"\n{'checkpoint':<36}{'ranking':<14}" + "".join(f"{'-' + str(k):>8}" for k in range(most + 1)))
@@ -266,7 +256,7 @@ if pruning:
         if rows[0]["val_acc"] is not None:
             print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{r['val_acc']:>8.3f}" for r in rows))
     print("val loss (and recall accuracy on the recall set) with attention removed from 0, 1, 2, ... layers; "
-          "KV bytes per token fall as (L - k) / L")
+          "KV bytes per token (16-bit, K/V form) fall as (L - k) / L")
 
 if json_path:
     with open(json_path, "w") as f:
@@ -289,7 +279,7 @@ if plot:
         ax.plot([r["kv_bytes_per_token"] for r in rows], [r[key] for r in rows], marker="o",
                 label=f"{cname} ({ranking})")
     what = "Recall accuracy" if key == "val_acc" else "Validation loss"
-    ax.set_xlabel(f"KV cache bytes per token ({dtype})")
+    ax.set_xlabel("KV cache bytes per token (16-bit, K/V form)")
     ax.set_ylabel(what.lower())
     ax.set_title(f"{what} as attention is pruned layer by layer")
     ax.legend(fontsize=7)
