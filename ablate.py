@@ -81,6 +81,7 @@ def evaluate(name, seed, out_dir, wall):
         "pruning": [dict(point(r), ranking=r["ranking"]) for r in curve],  # the whole curve, each order
         "eval_val_loss": full["val_loss"], "eval_val_acc": full["val_acc"],  # on the same batches as the pruned
         "dataset": tc["dataset"], "chance_accuracy": meta.get("chance_accuracy") if recall else None,
+        "history": ck.get("history", []),  # every evaluation during training: when a run learned what it learned
     }
 
 

@@ -173,6 +173,7 @@ def get_batch(split, gen):
 
 # -------------------------------------------------------------------- model
 iter_num, best_val_loss = 0, 1e9
+history = []  # every evaluation of this run (resumed runs included): iteration, losses, accuracy
 model_args = {k: globals()[k] for k in model_keys if k in globals()}
 model_args["vocab_size"] = meta_vocab_size or 50304
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -191,6 +192,7 @@ elif init_from == "resume":
             die(f"{ckpt_path} was trained with {k}={want!r} but the config says {k}={model_args[k]!r}")
     model = model_from_checkpoint(checkpoint, ckpt_path)
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    history = checkpoint.get("history", [])
 else:
     lens = {k: model_args[k] for k in model_keys if k not in SHAPE_KEYS + ("n_kv_head",)}
     try:
@@ -294,6 +296,7 @@ def save(losses):
         "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "val_loss": losses.get("val"), "train_loss": losses.get("train"),
         "val_acc": losses.get("val_acc"), "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
+        "history": history,
     }, ckpt_path)
 
 
@@ -350,6 +353,8 @@ while True:
     if iter_num % eval_interval == 0 or iter_num >= max_iters:
         if master:
             losses = estimate_loss()
+            history = [h for h in history if h["iter"] < iter_num] + [
+                {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_acc": losses["val_acc"]}]
             stats = gate_stats()
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                 + (f", val acc {losses['val_acc']:.4f}" if scored else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))

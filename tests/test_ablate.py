@@ -7,7 +7,8 @@ import statistics
 from conftest import TINY, run
 
 FIELDS = {"config", "seed", "best_val_loss", "final_val_loss", "final_train_loss", "params", "tokens_seen",
-          "ms_per_iter", "kv_bytes_per_token", "lens_gates", "route_gates", "half_pruned", "attention_contribution"}
+          "ms_per_iter", "kv_bytes_per_token", "lens_gates", "route_gates", "half_pruned", "attention_contribution",
+          "history", "pruning"}
 
 
 def test_tiny_ablation_study(char_data, tmp_path):
@@ -19,6 +20,7 @@ def test_tiny_ablation_study(char_data, tmp_path):
     records = json.loads((tmp_path / "results.json").read_text())
     assert len(records) == 4 and all(FIELDS <= set(r) for r in records)
     assert {r["tokens_seen"] for r in records} == {12 * 4 * 32}  # the same budget for every run
+    assert all([h["iter"] for h in r["history"]] == [0, 6, 12] for r in records)  # every evaluation, kept
     gated = [r for r in records if r["config"] == "route_gate"]
     assert all(len(r["route_gates"]) == 2 and set(r["half_pruned"]) == {"route_gate", "contribution"} for r in gated)
     report = (tmp_path / "report.md").read_text()

@@ -47,6 +47,7 @@ def test_resume_is_exact(char_data, tmp_path):
     assert a["iter_num"] == b["iter_num"] == 20
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["iter"] for h in a["history"]] == [0, 10, 20] and a["history"] == b["history"]  # evals kept across resume
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     for i in sa:
         assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
