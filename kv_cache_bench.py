@@ -44,6 +44,7 @@ vocab_size = 65
 contexts = "128,512,1024"  # context lengths to decode at; the largest is the block size
 batch_size = 1  # for the prefill and decode columns
 decode_tokens = 8  # tokens timed per measurement (the median is reported)
+rounds = 3  # prefill and decode timings: medians over this many interleaved rounds of every config and form
 modes = "eager,compiled"  # decode timings to take: eager, compiled, or both
 throughput_context = 1024  # context of the throughput table (<= the largest context); 0 skips the table
 throughput_steps = 4  # decode steps timed per batch size
@@ -67,7 +68,7 @@ require((min(ctx_lens) >= 2 and min(n_layer, n_head, n_embd, vocab_size, batch_s
          "contexts must be >= 2, and the model's sizes, batch_size and decode_tokens >= 1"),
         (throughput_steps >= 1 and throughput_context >= 0 and mem_budget >= 0,
          "throughput_steps must be >= 1, throughput_context and mem_budget >= 0"),
-        (eval_batches >= 1 and eval_batch_size >= 1, "eval_batches and eval_batch_size must be >= 1"))
+        (eval_batches >= 1 and eval_batch_size >= 1 and rounds >= 1, "eval_batches, eval_batch_size and rounds must be >= 1"))
 block = max(ctx_lens)
 form_list = [f for f in str(forms).split(",") if f]
 mode_list = [m for m in str(modes).split(",") if m]
@@ -102,12 +103,8 @@ def timed(fn):
 
 
 def step_fn(mode):
-    """The decode step to time. Compiled steps are traced afresh for each model and shape: every model
-    here is new, and one dynamo cache would otherwise fill up across them."""
-    if mode == "eager":
-        return decode_step
-    torch._dynamo.reset()
-    return compiled_decode_step(device_type)
+    """The decode step to time, eager or through torch.compile (one graph per model and shape)."""
+    return decode_step if mode == "eager" else compiled_decode_step(device_type)
 
 
 def decode_ms(model, cache, idx, start, step):
@@ -121,25 +118,38 @@ def decode_ms(model, cache, idx, start, step):
 
 
 @torch.no_grad()
-def measure(name, model, form):
-    """Records for one model in one cache form at every context length."""
+def measure(models):
+    """Records for every (config, model, form) at every context length: prefill and decode timings are
+    medians over `rounds` rounds, each of which times every slot once, so a slow spell of a shared
+    machine hits every config alike."""
+    slots = []
+    for name, model, form in models:
+        for c in ctx_lens:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randint(vocab_size, (batch_size, c), generator=g).to(device)
+            with ctx:
+                cache = KVCache(model, batch_size, max_len=c, form=form)
+                model(idx[:, :c - decode_tokens], cache=cache)  # warm-up: kernel selection, allocator growth
+            slots.append(dict(name=name, model=model, form=form, c=c, idx=idx, cache=cache, prefill=[],
+                              decode={m: [] for m in mode_list}))
+    # every slot keeps its compiled graph across the rounds
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(slots) + 8)
+    for _ in tqdm(range(rounds), desc="rounds", file=sys.stderr, dynamic_ncols=True):
+        for s in slots:
+            start = s["c"] - decode_tokens
+            with ctx:
+                s["cache"].reset()
+                s["prefill"].append(timed(lambda: s["model"](s["idx"][:, :start], cache=s["cache"])))
+                for m in mode_list:
+                    s["decode"][m].append(decode_ms(s["model"], s["cache"], s["idx"], start, step_fn(m)))
     rows = []
-    for c in ctx_lens:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(vocab_size, (batch_size, c), generator=g).to(device)
-        start = c - decode_tokens
-        with autocast():
-            cache = KVCache(model, batch_size, max_len=c, form=form)
-            model(idx[:, :start], cache=cache)  # warm-up prefill: kernel selection, allocator growth
-            cache.reset()
-            prefill = timed(lambda: model(idx[:, :start], cache=cache))
-            measured = cache.nbytes() / (batch_size * c)
-            row = dict(config=name, form=form, context=c, batch_size=batch_size, dtype=dtype,
-                       kv_bytes_per_token=model.kv_cache_bytes_per_token(ptdtype, form=form),
-                       kv_bytes_per_token_measured=measured, prefill_ms=prefill)
-            for mode in mode_list:
-                row[f"decode_ms_{mode}"] = decode_ms(model, cache, idx, start, step_fn(mode))
-        rows.append(row)
+    for s in slots:
+        m = s["model"]
+        row = dict(config=s["name"], form=s["form"], context=s["c"], batch_size=batch_size, dtype=dtype,
+                   kv_bytes_per_token=m.kv_cache_bytes_per_token(ptdtype, form=s["form"]),
+                   kv_bytes_per_token_measured=s["cache"].nbytes() / (batch_size * s["c"]),
+                   prefill_ms=float(np.median(s["prefill"])))
+        rows.append(dict(row, **{f"decode_ms_{k}": float(np.median(v)) for k, v in s["decode"].items()}))
     return rows
 
 
@@ -193,17 +203,19 @@ budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[
 print(f"kv_cache_bench: {dtype} on {device} ({machine}), torch {torch.__version__}"
       + (f"; random-weight models: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}"
          if names else ""))
-records, through = [], []
-todo = [(n, f) for n in names for f in (form_list if n != "baseline" else ["kv"] + [f for f in form_list if f != "kv"])]
-for name, form in tqdm(todo, desc="configs x forms", file=sys.stderr, dynamic_ncols=True, disable=not todo):
+models = []
+for name in names:
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                     **model_settings(f"config/ablation_{name}.py", n_head=n_head))
     model = GPT(cfg).to(device).eval()
-    records += measure(name, model, form)
-    if throughput_context:
-        through += throughput(name, model, form, budget)
-    del model
+    for form in (form_list if name != "baseline" else ["kv"] + [f for f in form_list if f != "kv"]):
+        models.append((name, model, form))
+records = measure(models) if models else []
+through = []
+for name, model, form in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
+                              dynamic_ncols=True):
+    through += throughput(name, model, form, budget)
 
 if names:
     base = {r["context"]: r for r in records if r["config"] == "baseline" and r["form"] == "kv"}

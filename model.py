@@ -69,7 +69,9 @@ class GPTConfig:
             self.n_kv_head = self.n_head
         self.lens_gate_init = tuple(float(v) for v in self.lens_gate_init)
         checks = [
-            (self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
+            (min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_embd) >= 1,
+             "block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
+            (self.n_head < 1 or self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
             (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0,
              f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}"),
             (len(self.lens_gate_init) == 3, "lens_gate_init needs three raw values (std, rec, disc)"),

@@ -2,7 +2,7 @@
 Sample from a trained model, streaming tokens as they are made, with the KV cache by default.
 
 $ python sample.py --out_dir=out-ablation_full
-$ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers="(4,5)"
+$ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers="(2,3)"
 $ python sample.py --out_dir=out-ablation_full --kv_cache=kv --compile=True
 $ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip install transformers`
 """

@@ -225,7 +225,7 @@ def test_kv_cache_bench(trained, tmp_path):
     png = tmp_path / "curve.png"
     p = run("kv_cache_bench.py", "--configs=reciprocity,gqa,mqa,full", "--n_layer=2", "--n_embd=32",
             "--n_head=4", "--contexts=16,64", "--decode_tokens=2", "--throughput_context=64", "--mem_budget=0.0004",
-            "--throughput_steps=2", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
+            "--throughput_steps=2", "--rounds=2", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
     data = json.loads(out.read_text())
     fields = {"config", "form", "context", "kv_bytes_per_token", "kv_bytes_per_token_measured", "prefill_ms",
               "decode_ms_eager", "decode_ms_compiled"}

@@ -48,6 +48,8 @@ BAD = [  # (script and arguments, the one line it must print)
     (["train.py", "config/cpu.py", "--learning_rate=-1"], "error: need learning_rate > 0 and 0 <= min_lr <= learning_rate, got -1.0 and 0.0001"),
     (["train.py", "config/cpu.py", "--eval_interval=0"], "error: eval_interval, log_interval and eval_iters must be >= 1"),
     (["train.py", "config/cpu.py", "--beta2=1.0"], "error: beta1 and beta2 must be in [0, 1), got 0.9 and 1.0"),
+    (["train.py", "config/cpu.py", "--n_layer=0"], "error: bad model settings: block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
+    (["train.py", "config/cpu.py", "--n_head=0"], "error: bad model settings: block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
     (["train.py", "--max_itres=5"], "error: unknown config key 'max_itres' (did you mean 'max_iters'?)"),
     (["train.py", "--batch_size=big"], "error: config key 'batch_size' wants a int, got 'big' (str)"),
     (["train.py", "--device=cuda"], "error: device=cuda, but this machine has no CUDA device"),
@@ -70,7 +72,7 @@ BAD = [  # (script and arguments, the one line it must print)
 
 
 @pytest.mark.parametrize("args,line", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])
-def test_bad_values_are_one_line_errors(args, line):
+def test_bad_values_are_one_line_errors(args, line, char_data):
     import torch
     if torch.cuda.is_available() and "cuda" in " ".join(args):
         pytest.skip("this machine has CUDA")

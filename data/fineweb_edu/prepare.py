@@ -86,7 +86,14 @@ if __name__ == "__main__":
     if args.val_tokens >= args.max_tokens:
         sys.exit("error: --val_tokens must be smaller than --max_tokens")
     docs = local_documents(args.input) if args.input else hf_documents(args.name)
-    val, train = write_tokens(docs, args.out_dir, args.max_tokens, args.val_tokens, args.num_proc)
+    try:
+        val, train = write_tokens(docs, args.out_dir, args.max_tokens, args.val_tokens, args.num_proc)
+    except Exception as e:  # the stream fails in many ways without a network; say it in one line
+        if args.input:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        sys.exit(f"error: cannot stream HuggingFaceFW/fineweb-edu ({type(e).__name__}: {first}); without network, "
+                 "pass a local JSON-lines file with --input")
     print(f"val has {val:,} tokens, train has {train:,} tokens, in {args.out_dir}")
     if train == 0:
         sys.exit("error: no training tokens were written: the input is smaller than --val_tokens")
