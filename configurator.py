@@ -99,14 +99,15 @@ def configure(g, argv, follow=None):
             if not os.path.isfile(arg):
                 _die(f"config file {arg} not found")
             ns = {k: g[k] for k in keys}
+            with open(arg) as f:
+                src = f.read()
             try:
-                with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), ns)
+                exec(compile(src, arg, "exec"), ns)
             except Exception as e:  # a config file is user code: report it in one line
                 _die(f"config file {arg} failed: {type(e).__name__}: {e}")
-            with open(arg) as f:  # what the file assigns, even to the value it already had
-                assigned = {t.id for node in ast.walk(ast.parse(f.read())) if isinstance(node, ast.Assign)
-                            for t in node.targets if isinstance(t, ast.Name)}
+            # what the file assigns, even to the value it already had (it parsed, so this does too)
+            assigned = {t.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Assign)
+                        for t in node.targets if isinstance(t, ast.Name)}
             updates = {}
             for k, v in ns.items():
                 if k.startswith("_") or k == "__builtins__" or not isinstance(v, PLAIN):
@@ -150,10 +151,9 @@ def require(*checks):
             _die(msg)
 
 
-def ablation_names(spec, baseline=True):
+def ablation_names(spec):
     """The ablations a comma-separated spec names ('all': every config/ablation_*.py), the baseline
-    first where `baseline` (every comparison is against it); a name without a config file is a
-    one-line error."""
+    first (every comparison is against it); a name without a config file is a one-line error."""
     root = os.path.dirname(os.path.abspath(__file__))
     names = [n for n in str(spec).split(",") if n]
     if names == ["all"]:
@@ -162,7 +162,7 @@ def ablation_names(spec, baseline=True):
     for n in names:
         if not os.path.isfile(os.path.join(root, "config", f"ablation_{n}.py")):
             _die(f"no config file config/ablation_{n}.py")
-    if baseline and names:
+    if names:
         names = ["baseline"] + [n for n in names if n != "baseline"]
     return names
 

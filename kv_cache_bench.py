@@ -84,10 +84,6 @@ if throughput_context > block or min(ctx_lens) <= decode_tokens:
     raise SystemExit(f"error: need decode_tokens < every context and throughput_context <= {block}")
 
 
-def autocast():
-    return ctx
-
-
 def sync():
     if is_cuda:
         torch.cuda.synchronize()
@@ -165,7 +161,7 @@ def throughput(name, model, form, budget):
     out = []
     for b in sizes:
         step = step_fn(mode)
-        with autocast():
+        with ctx:
             cache = KVCache(model, b, max_len=throughput_context, form=form)
             for s in cache.layers:
                 for k, t in (s or {}).items():
