@@ -36,6 +36,7 @@ seed = 1337
 device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 compile = False
+profile = False  # also print, per config, the operators that take the most time in one step (torch.profiler)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 require((min(batch_size, block_size, n_layer, n_head, n_embd, vocab_size, steps, rounds) >= 1 and warmup >= 0,
@@ -122,3 +123,11 @@ for r in runs:
     ms, base_ms = 1000 * statistics.median(r["times"]), 1000 * statistics.median(base["times"])
     print(f"{r['name']:<18}{r['params']:>12,d}{ms:>10.1f}{ms / base_ms:>8.2f}{r['peak'] / 2**20:>10.1f}"
           f"{r['peak'] / base['peak']:>8.2f}")
+if profile:  # where the time goes: self time per operator over one step of each config
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    for r in runs:
+        with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])) as prof:
+            r["step"]()
+        print(f"\n{r['name']}: top operators by self time over one step")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total",
+                                        row_limit=8))

@@ -57,6 +57,7 @@ eval_batch_size = 8
 json_path = ""  # --json_path=PATH (or --json=PATH) writes the records
 plot = ""  # PNG of validation loss against KV bytes per token (needs --ckpt and matplotlib)
 seed = 1337
+profile = False  # also print, per config and form, the operators that take the most time in one eager decode step
 # -----------------------------------------------------------------------------
 sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
@@ -138,6 +139,14 @@ def measure(models):
                 s["prefill"].append(timed(lambda: s["model"](s["idx"][:, :start], cache=s["cache"])))
                 for m in mode_list:
                     s["decode"][m].append(decode_ms(s["model"], s["cache"], s["idx"], start, step_fn(m)))
+    if profile:  # where the time goes: one eager decode step at the largest context, per config and form
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+        for s in (s for s in slots if s["c"] == max(ctx_lens)):
+            pos = torch.tensor([s["c"] - 1], device=device)
+            with ctx, torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                decode_step(s["model"], s["idx"][:, -1:], s["cache"], pos)
+            print(f"\n{s['name']} ({s['form']} form): top operators by self time, one decode step at {s['c']}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=6))
     rows = []
     for s in slots:
         m = s["model"]

@@ -225,7 +225,7 @@ def test_kv_cache_bench(trained, tmp_path):
     png = tmp_path / "curve.png"
     p = run("kv_cache_bench.py", "--configs=reciprocity,gqa,mqa,full", "--n_layer=2", "--n_embd=32",
             "--n_head=4", "--contexts=16,64", "--decode_tokens=2", "--throughput_context=64", "--mem_budget=0.0004",
-            "--throughput_steps=2", "--rounds=2", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
+            "--throughput_steps=2", "--rounds=2", "--profile", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
     data = json.loads(out.read_text())
     fields = {"config", "form", "context", "kv_bytes_per_token", "kv_bytes_per_token_measured", "prefill_ms",
               "decode_ms_eager", "decode_ms_compiled"}
@@ -248,3 +248,4 @@ def test_kv_cache_bench(trained, tmp_path):
     assert {r["ranking"] for r in data["pruning"]} == {"route_gate", "contribution"}
     assert png.stat().st_size > 1000 and "with attention removed from 0, 1, 2, ... layers" in p.stdout
     assert "throughput at context 64" in p.stdout
+    assert p.stdout.count("top operators by self time, one decode step at 64") == 10  # 5 configs x 2 forms

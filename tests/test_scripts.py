@@ -83,8 +83,10 @@ def test_bad_values_are_one_line_errors(args, line, char_data):
 
 def test_float16_on_a_cpu_warns():
     p = run("bench.py", "--dtype=float16", "--device=cpu", "--steps=1", "--warmup=0", "--rounds=1", "--n_layer=1",
-            "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--config=config/ablation_baseline.py")
+            "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--config=config/ablation_baseline.py",
+            "--profile")
     assert "warning: float16 on a CPU is emulated" in p.stderr
+    assert "baseline: top operators by self time over one step" in p.stdout  # --profile: where the time goes
 
 
 def readme_commands(*sections):
