@@ -16,7 +16,7 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, require, setup_device
 from evaluate import dataset_meta
-from model import GPT
+from model import GPT, cache_form
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (from out_dir) or a GPT-2 name / local Hugging Face directory
@@ -62,8 +62,11 @@ if bad:
     die(f"attn_skip_layers {bad} are not layers of this {model.config.n_layer}-layer model")
 model.eval().to(device)
 kv_cache = {"True": True, "False": False}.get(kv_cache, kv_cache)
-if kv_cache not in (True, False, "auto", "kv", "input"):
-    die(f"kv_cache must be True, False, auto, kv or input, got {kv_cache!r}")
+if kv_cache is not False:  # the cache forms are the model's to name: one check, in model.cache_form
+    try:
+        cache_form(model.config, kv_cache)
+    except ValueError:
+        die(f"kv_cache must be True, False, auto, kv or input, got {kv_cache!r}")
 if compile and kv_cache is False:
     die("compile=True compiles the cached decode step: it needs the KV cache (kv_cache=False recomputes)")
 
