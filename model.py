@@ -16,6 +16,8 @@ instead (E values per layer) and decode with the projections absorbed into the q
 Block, with the route gate g = sigmoid(route_raw + route_bias):
     a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
 MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), folded through c_proj.
+Peers that shrink the cache by retraining: grouped- and multi-query attention (n_kv_head), and
+cross-layer attention (kv_share: a group of adjacent layers computes K and V once, in its first layer).
 """
 
 import inspect
@@ -42,6 +44,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     n_kv_head: Optional[int] = None  # None = n_head; fewer = grouped-query, 1 = multi-query
+    # cross-layer attention (CLA, Brandon et al. 2024): each group of kv_share adjacent layers computes K and V
+    # once, in its first layer; the others keep their own queries. 2 halves the cache
+    kv_share: int = 1
     # lens-gated attention
     use_reciprocity: bool = False  # add S^T: costs Q in the KV cache
     use_discoverability: bool = False  # add the column bias d_j = k_j . u
@@ -74,6 +79,7 @@ class GPTConfig:
             (self.n_head < 1 or self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}"),
             (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0,
              f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}"),
+            (self.kv_share >= 1, "kv_share must be >= 1"),
             (len(self.lens_gate_init) == 3, "lens_gate_init needs three raw values (std, rec, disc)"),
             (not (self.mlp_disabled and self.use_route_gate),
              "use_route_gate needs an MLP to route to (mlp_disabled=True)"),
@@ -96,12 +102,13 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, owns_kv=True):
         super().__init__()
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.n_embd // config.n_head
+        self.owns_kv = owns_kv  # False: a CLA layer that uses the K and V of its group's first layer
         kv_dim = self.n_kv_head * self.head_dim
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim * owns_kv, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -153,16 +160,25 @@ class CausalSelfAttention(nn.Module):
         y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
-    def forward(self, x, cache=None):
-        """x is ln_1's output (B, T, E). `cache` is (layer state, input_pos, fresh) while decoding:
-        the chunk's positions are written into the layer's buffers at input_pos; a fresh chunk
-        (nothing cached before it) attends to itself, any other to the buffers under a position mask."""
+    def forward(self, x, cache=None, kv=None, skip=False):
+        """(output, (k, v)) for x, ln_1's output (B, T, E). `cache` is (layer state, input_pos, fresh)
+        while decoding: the chunk's positions are written into the layer's buffers at input_pos; a fresh
+        chunk (nothing cached before it) attends to itself, any other to the buffers under a position
+        mask. `kv`: the group's K and V, for a layer that does not own them (CLA). skip: the layer's
+        attention is pruned, but later layers of its group use its K and V: compute (and cache) them only."""
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([C, Hkv * D, Hkv * D], dim=2)
+        if self.owns_kv:
+            q, k, v = self.c_attn(x).split([C, Hkv * D, Hkv * D], dim=2)
+            k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)
+        else:
+            q, (k, v) = self.c_attn(x), kv
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        if skip:
+            if cache is not None:
+                write_cache(cache[0], x, q, k, v, cache[1])
+            return None, (k, v)
         if cache is None:
             dropout_p = self.dropout if self.training else 0.0
             if self.lens and torch.is_grad_enabled():  # keep the widened operands out of backward
@@ -174,7 +190,7 @@ class CausalSelfAttention(nn.Module):
             write_cache(state, x, q, k, v, input_pos)
             y = self.attend(q, k, v) if fresh else self.attend_cached(state, q, k, input_pos)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), (k, v)
 
     def attend_cached(self, state, q, k, input_pos):
         """Attention of a chunk at positions input_pos on everything the layer's buffers hold up to
@@ -294,10 +310,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, owns_kv=True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, owns_kv)
         if not config.mlp_disabled:
             self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
             self.mlp = MLP(config)
@@ -311,18 +327,23 @@ class Block(nn.Module):
     def route_gate(self):
         return torch.sigmoid(self.route_raw + self.route_bias)
 
-    def forward(self, x, cache=None, skip_attn=False):
-        a = None if skip_attn else self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, skip_attn=False, kv=None, need_kv=False):
+        """(x_next, (k, v)): the block's output, and the K and V its attention used (None when pruned).
+        kv: the group's K and V, for a CLA layer that does not own them; need_kv: this layer's attention
+        is pruned (skip_attn), but later layers of its group still use its K and V."""
+        a = None
+        if not skip_attn or need_kv:
+            a, kv = self.attn(self.ln_1(x), cache, kv, skip=skip_attn)
         h = x if a is None else x + a
         if not hasattr(self, "mlp"):
-            return h
+            return h, kv
         g = self.route_gate() if self.use_route else None
         m = self.mlp(self.ln_2(h), None if a is None else (x, h), g)  # m is (1 - g) mlp, with a route gate
         if g is None or a is None:
-            return h + m
+            return h + m, kv
         # x + g a, as lerp(x, x + a, g): its backward needs x and x + a, which ln_1 and ln_2 keep
         # anyway, where g * a would keep one more [B, T, E] tensor per block
-        return torch.lerp(x, h, g) + m
+        return torch.lerp(x, h, g) + m, kv
 
 
 class GPT(nn.Module):
@@ -334,7 +355,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, owns_kv=i % config.kv_share == 0) for i in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -381,9 +402,10 @@ class GPT(nn.Module):
             raise ValueError(f"cannot forward {t} positions, block_size is {self.config.block_size}")
         pos = torch.arange(t, device=idx.device) if input_pos is None else input_pos
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        kv = None  # the K and V of the current CLA group
         for i, block in enumerate(self.transformer.h):
-            skip = i in attn_skip_layers
-            x = block(x, None if cache is None or skip else (cache.layers[i], input_pos, fresh), skip_attn=skip)
+            state = None if cache is None or cache.layers[i] is None else (cache.layers[i], input_pos, fresh)
+            x, kv = block(x, state, i in attn_skip_layers, kv, need_kv=feeds_group(self.config, i, attn_skip_layers))
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -426,12 +448,9 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- KV cache
     def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
-        """What one token costs in the cache, summed over layers. Form "kv": K and V for n_kv_head
-        heads, Q too when reciprocity is on (S^T needs q_j of past tokens). Form "input": the layer's
-        input ln_1(x), n_embd values, whatever the mechanisms. A pruned layer holds nothing."""
-        per_layer = kv_layer_values(self.config)[cache_form(self.config, form)]
-        kept = sum(1 for i in range(self.config.n_layer) if i not in attn_skip_layers)
-        return per_layer * kept * torch.empty((), dtype=dtype).element_size()
+        """What one token costs in the cache, summed over layers (kv_layer_values)."""
+        values = kv_layer_values(self.config, cache_form(self.config, form), attn_skip_layers)
+        return sum(values) * torch.empty((), dtype=dtype).element_size()
 
     # ---------------------------------------------------------------- pretrained GPT-2
     @classmethod
@@ -462,6 +481,7 @@ class GPT(nn.Module):
         act = hf.get("activation_function", "gelu_new")
         if act != "gelu_new" or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
             raise ValueError(f"only GPT-2's gelu_new and layer_norm_epsilon=1e-5 are supported, got {act}")
+        args.update(n_kv_head=args["n_head"], kv_share=1)  # GPT-2 has a K and V for every head and layer
         for k, v in overrides.items():
             if k in args and v != args[k]:
                 raise ValueError(f"{k}={v} does not match the pretrained weights ({k}={args[k]})")
@@ -533,10 +553,32 @@ def compiled_decode_step(device_type):
     return _compiled[device_type]
 
 
-def kv_layer_values(cfg):
-    """Values one token costs per layer in each cache form."""
+def feeds_group(cfg, i, attn_skip_layers=()):
+    """Whether layer i owns its CLA group's K and V and some layer of the group still attends
+    (then its K and V are computed and cached even where its own attention is pruned)."""
+    group = range(i, min(i + cfg.kv_share, cfg.n_layer))
+    return i % cfg.kv_share == 0 and any(j not in attn_skip_layers for j in group)
+
+
+def kv_layer_values(cfg, form, attn_skip_layers=()):
+    """Values one token costs in each layer's cache. Form "kv": K and V for n_kv_head heads in the
+    layer that owns them (every layer, or a CLA group's first), and the layer's own Q with
+    reciprocity (S^T needs q_j of past tokens). Form "input": ln_1(x), n_embd values, in the layer
+    that owns K and V. A pruned layer keeps nothing of its own; a group's K/V (or input) stay while
+    any layer of the group attends."""
     D = cfg.n_embd // cfg.n_head
-    return {"kv": (2 * cfg.n_kv_head + cfg.n_head * cfg.use_reciprocity) * D, "input": cfg.n_embd}
+    values = []
+    for i in range(cfg.n_layer):
+        shared = feeds_group(cfg, i, attn_skip_layers) * (cfg.n_embd if form == "input" else 2 * cfg.n_kv_head * D)
+        own_q = form == "kv" and cfg.use_reciprocity and i not in attn_skip_layers
+        values.append(shared + own_q * cfg.n_head * D)
+    return values
+
+
+def cache_forms(cfg):
+    """The cache forms this config can decode with: the input form needs every layer's past queries
+    (reciprocity) to come from the one cached input, which a CLA layer with reciprocity does not have."""
+    return ("kv",) if cfg.use_reciprocity and cfg.kv_share > 1 else ("kv", "input")
 
 
 def cache_form(cfg, form):
@@ -544,10 +586,12 @@ def cache_form(cfg, form):
     smaller (K/V on a tie, where decoding it costs fewer FLOPs): the input form for every multi-head
     config, K/V for grouped- and multi-query attention."""
     if form is True or form == "auto":
-        values = kv_layer_values(cfg)
-        return "input" if values["input"] < values["kv"] else "kv"
+        return min(cache_forms(cfg), key=lambda f: (sum(kv_layer_values(cfg, f)), f != "kv"))
     if form not in ("kv", "input"):
         raise ValueError(f"unknown KV cache form {form!r}: use True (= 'auto'), 'auto', 'kv' or 'input'")
+    if form not in cache_forms(cfg):
+        raise ValueError("the input form cannot decode reciprocity with kv_share > 1 (a CLA layer's past "
+                         "queries are not in its group's cached input): use 'kv'")
     return form
 
 
@@ -566,7 +610,7 @@ class KVCache:
         model = unwrap(model)
         cfg = model.config
         self.form = cache_form(cfg, form)
-        self.batch_size, self.max_len = batch_size, max_len or cfg.block_size
+        self.batch_size, self.max_len, self.kv_share = batch_size, max_len or cfg.block_size, cfg.kv_share
         if not 1 <= self.max_len <= cfg.block_size:
             raise ValueError(f"max_len={self.max_len} must be in [1, block_size={cfg.block_size}]")
         self.attn_skip_layers = set(attn_skip_layers)
@@ -575,18 +619,33 @@ class KVCache:
         if dtype is None:
             dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
                      else model.lm_head.weight.dtype)
-        self.layers = [None if i in self.attn_skip_layers else self._layer(block.attn, device, dtype)
-                       for i, block in enumerate(model.transformer.h)]
+        self.layers, group = [], None
+        for i, block in enumerate(model.transformer.h):
+            if block.attn.owns_kv:
+                group = None  # a new CLA group (every layer is one without CLA)
+            attends = i not in self.attn_skip_layers
+            if attends or feeds_group(cfg, i, self.attn_skip_layers):
+                self.layers.append(self._layer(block.attn, attends, group, device, dtype))
+                group = group or self.layers[-1]
+            else:
+                self.layers.append(None)
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in (t for s in self.layers if s for k, t in s.items() if k in self.STATE):
                 torch._dynamo.mark_static_address(t)
 
     STATE = ("k", "v", "q", "kq", "x")  # the per-token buffers; the rest are weights or settings
 
-    def _layer(self, attn, device, dtype):
+    def _layer(self, attn, attends, group, device, dtype):
+        """One layer's state. `group`: the state of its CLA group's first layer, whose buffers (and, in
+        the input form, absorbed K/V weights) a layer that does not own K and V reads."""
         B, L, H, Hkv, D = self.batch_size, self.max_len, attn.n_head, attn.n_kv_head, attn.head_dim
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)
-        if self.form == "input":  # head h's rows of c_attn, (H, D, E); a K/V group's rows repeated
+        if not attn.owns_kv:
+            keys = ("x", "wk", "wv", "bv") if self.form == "input" else ("k", "v")
+            state = {k: group[k] for k in keys}
+            if attn.use_rec:  # the kv form only (cache_forms): the layer's own past queries
+                state["q"] = zeros(B, H, L, D)
+        elif self.form == "input":  # head h's rows of c_attn, (H, D, E); a K/V group's rows repeated
             E = H * D
             w = attn.c_attn.weight.detach().to(dtype)
             wq, wk, wv = w.split([E, Hkv * D, Hkv * D])
@@ -597,27 +656,33 @@ class KVCache:
             if attn.c_attn.bias is not None:
                 bv = attn.c_attn.bias.detach().to(dtype)[E + Hkv * D:]
                 state["bv"] = bv.view(Hkv, 1, D).repeat_interleave(H // Hkv, dim=0)  # (H, 1, D)
-        elif attn.use_rec and Hkv == H:
+        elif attn.use_rec and Hkv == H and attends and self.kv_share == 1:
             state = dict(kq=zeros(B, H, L, 2 * D), v=zeros(B, Hkv, L, D))
         else:
             state = dict(k=zeros(B, Hkv, L, D), v=zeros(B, Hkv, L, D))
-            if attn.use_rec:
+            if attn.use_rec and attends:
                 state["q"] = zeros(B, H, L, D)
         with torch.no_grad():  # the lens gates do not change while decoding: computed once, not per step
             gates = tuple(None if g is None else g.to(dtype) for g in attn.query_gates()) if attn.lens else None
-        return dict(state, form=self.form, max_len=L, gates=gates)
+        return dict(state, form=self.form, max_len=L, gates=gates, owner=attn.owns_kv)
 
     def reset(self):
         """Empty the cache; the buffers stay (what they hold is masked until overwritten)."""
         self.length = 0
 
     def nbytes(self):
-        """Bytes of the per-token buffers the cache actually holds."""
-        return sum(t.numel() * t.element_size() for s in self.layers if s for k, t in s.items() if k in self.STATE)
+        """Bytes of the per-token buffers the cache actually holds (a CLA group's, once)."""
+        held = {id(t): t for s in self.layers if s for k, t in s.items() if k in self.STATE}
+        return sum(t.numel() * t.element_size() for t in held.values())
 
 
 def write_cache(state, x, q, k, v, input_pos):
-    """Write a chunk's cached values at input_pos: x^ for the input form, else K, V (and Q)."""
+    """Write a chunk's cached values at input_pos: x^ for the input form, else K, V (and Q). A CLA layer
+    that does not own K and V writes only its own Q: its group's first layer wrote the rest."""
+    if not state["owner"]:
+        if "q" in state:
+            state["q"].index_copy_(2, input_pos, q.to(state["q"].dtype))
+        return
     if state["form"] == "input":
         state["x"].index_copy_(1, input_pos, x.to(state["x"].dtype))
         return
@@ -759,11 +824,11 @@ def attention_contribution(model, idx):
     model = unwrap(model)
     tr = model.transformer
     x = tr.drop(tr.wte(idx) + tr.wpe(torch.arange(idx.size(1), device=idx.device)))
-    ratios = []
+    ratios, kv = [], None
     for block in tr.h:
-        a = block.attn(block.ln_1(x))
+        a, _ = block.attn(block.ln_1(x), kv=kv)
         branch = block.route_gate() * a if block.use_route else a
-        x_next = block(x)
+        x_next, kv = block(x, kv=kv)
         ratios.append((branch.norm() / (x_next - x).norm()).item())
         x = x_next
     return ratios
@@ -788,7 +853,8 @@ def print_architecture_summary(model):
         base = GPT(base_cfg)
     n_base, n = base.get_num_params(non_embedding=False), model.get_num_params(non_embedding=False)
     on = [k for k in MECHANISM_SWITCHES if getattr(cfg, k)]
-    print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV), {cfg.n_embd} wide, "
+    print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV"
+          f"{f', shared by {cfg.kv_share} layers' if cfg.kv_share > 1 else ''}), {cfg.n_embd} wide, "
           f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}"
           f"{'' if cfg.tie_embeddings else ', untied embeddings'}; on: {', '.join(on) or 'nothing (GPT-2)'}")
     for name, count in mechanism_param_counts(model).items():

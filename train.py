@@ -47,7 +47,8 @@ block_size = 256
 n_layer = 6
 n_head = 6
 n_embd = 384
-n_kv_head = None
+n_kv_head = None  # None = n_head; fewer = grouped-query, 1 = multi-query
+kv_share = 1  # 2: cross-layer attention, each pair of layers shares one K and V (config/ablation_cla.py)
 dropout = 0.2
 bias = True
 use_reciprocity = False
@@ -194,7 +195,7 @@ elif init_from == "resume":
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     history = checkpoint.get("history", [])
 else:
-    lens = {k: model_args[k] for k in model_keys if k not in SHAPE_KEYS + ("n_kv_head",)}
+    lens = {k: model_args[k] for k in model_keys if k not in SHAPE_KEYS and model_args[k] is not None}
     try:
         model = GPT.from_pretrained(init_from, **lens)
     except (OSError, ValueError) as e:

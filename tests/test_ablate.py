@@ -1,58 +1,91 @@
-"""ablate.py: a tiny study writes results.json, a report whose numbers are the JSON's, and a plot;
-a second invocation skips what is finished and resumes what is not."""
+"""ablate.py and report.py: a tiny study keeps one record per run in its results folder, its report gives
+Welch's interval as computed by hand, a second invocation trains nothing, and the README's Results tables
+are the report of results/."""
 import json
 import os
 import statistics
 
-from conftest import TINY, run
+import pytest
 
-FIELDS = {"config", "seed", "best_val_loss", "final_val_loss", "final_train_loss", "params", "tokens_seen",
-          "ms_per_iter", "kv_bytes_per_token", "lens_gates", "route_gates", "half_pruned", "attention_contribution",
-          "history", "pruning"}
+import report
+from conftest import ROOT, TINY, run
+
+FIELDS = {"config", "seed", "command", "model", "machine", "best_val_loss", "final_val_loss", "final_train_loss",
+          "params", "tokens_seen", "ms_per_iter", "kv_bytes_per_token", "lens_gates", "route_gates", "half_pruned",
+          "attention_contribution", "history", "pruning"}
 
 
 def test_tiny_ablation_study(char_data, tmp_path):
+    res, out = tmp_path / "results", tmp_path / "out"
     train_args = " ".join(TINY[1:] + ["--max_iters=12", "--eval_interval=6"])
-    args = ["ablate.py", "--configs=baseline,route_gate", "--seeds=2", f"--out_root={tmp_path}",
+    args = ["ablate.py", "--configs=baseline,route_gate", "--seeds=3", f"--results={res}", f"--out_root={out}",
             f"--train_args={train_args}", "--eval_batches=2", "--eval_batch_size=4"]
     p = run(*args)
-    assert "[run 4/4] route_gate seed 1: to train" in p.stdout
-    records = json.loads((tmp_path / "results.json").read_text())
-    assert len(records) == 4 and all(FIELDS <= set(r) for r in records)
+    assert "[run 2/6] route_gate seed 0: to train" in p.stdout  # seed by seed: a study stopped early is balanced
+    records = json.loads((res / "results.json").read_text())
+    assert len(records) == 6 and all(FIELDS <= set(r) for r in records)
+    assert sorted(os.listdir(res / "baseline")) == ["seed0.json", "seed1.json", "seed2.json"]
+    assert not any(f.endswith(".pt") for _, _, fs in os.walk(res) for f in fs)  # checkpoints stay out
+    r0 = json.loads((res / "route_gate" / "seed1.json").read_text())
+    assert r0["command"].startswith("python train.py config/ablation_route_gate.py config/cpu.py --n_layer=2")
+    assert "--seed=1338" in r0["command"] and r0["model"]["use_route_gate"] is True
+    assert r0["kv_bytes_per_token"] == {"kv": 2 * 2 * 32 * 2 * 3 // 2, "input": 2 * 32 * 2}  # 16-bit, rec adds Q
+    study = json.loads((res / "study.json").read_text())
+    assert study["train_args"] == train_args and study["commands"] == [
+        "python ablate.py " + " ".join(f"'{a}'" if " " in a else a for a in args[1:])]
     assert {r["tokens_seen"] for r in records} == {12 * 4 * 32}  # the same budget for every run
     assert all([h["iter"] for h in r["history"]] == [0, 6, 12] for r in records)  # every evaluation, kept
-    gated = [r for r in records if r["config"] == "route_gate"]
-    assert all(len(r["route_gates"]) == 2 and set(r["half_pruned"]) == {"route_gate", "contribution"} for r in gated)
-    report = (tmp_path / "report.md").read_text()
+
+    text = (res / "report.md").read_text()
     for name in ("baseline", "route_gate"):
         losses = [r["best_val_loss"] for r in records if r["config"] == name]
-        row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | 3 |"))
         assert f"{statistics.mean(losses):.4f} +- {statistics.stdev(losses):.4f}" in row
     # the stated test: Welch's interval for route_gate - baseline, computed by hand
     from scipy.stats import t as student_t
     a = [r["best_val_loss"] for r in records if r["config"] == "route_gate"]
     b = [r["best_val_loss"] for r in records if r["config"] == "baseline"]
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
     half = student_t.ppf(0.975, df) * (va + vb) ** 0.5
     diff = statistics.mean(a) - statistics.mean(b)
-    row = next(line for line in report.splitlines() if line.startswith("| route_gate |"))
-    assert f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]" in row
-    assert "Welch t, n=2 vs 2" in report
-    kv = {r["config"]: r["kv_bytes_per_token"] for r in records}
-    assert f"| {kv['route_gate']:,} | {kv['route_gate'] / kv['baseline']:.2f} |" in report
-    assert "## Answers" in report and "KV bytes per token in the K/V form, against the baseline: route_gate" in report
-    assert "reciprocity" not in report.split("## Answers")[1]  # no sentence about a config that did not run
-    assert (tmp_path / "loss_vs_kv.png").stat().st_size > 1000
+    p_value = 2 * student_t.sf(abs(diff) / (va + vb) ** 0.5, df)
+    row = next(line for line in text.splitlines() if line.startswith("| route_gate |"))
+    assert f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}] | {p_value:.2g} |" in row  # one config: Holm = p
+    verdict = "no difference detected" if diff - half < 0 < diff + half else "better" if diff < 0 else "worse"
+    assert f"route_gate: loss {verdict}" in text and "Welch t, n=3 vs 3" in text
+    assert "reciprocity" not in text.split("Answers:")[1]  # no sentence about a config that did not run
+    assert (res / "loss_vs_kv.png").stat().st_size > 1000
 
-    os.remove(tmp_path / "route_gate" / "seed1" / "result.json")  # as if killed after its last checkpoint
+    again = run(*args)  # every record present: nothing is trained
+    assert again.stdout.count("done, skipped") == 6 and "tokens per iteration" not in again.stdout
+    assert json.loads((res / "results.json").read_text()) == records
+    os.remove(res / "route_gate" / "seed2.json")  # as if killed after its last checkpoint
     again = run(*args)
-    assert again.stdout.count("done, skipped") == 3 and "route_gate seed 1: resuming" in again.stdout
+    assert again.stdout.count("done, skipped") == 5 and "route_gate seed 2: resuming" in again.stdout
     assert "step 0:" not in again.stdout
-    assert json.loads((tmp_path / "results.json").read_text())[3]["best_val_loss"] == records[3]["best_val_loss"]
+    assert json.loads((res / "route_gate" / "seed2.json").read_text())["best_val_loss"] == records[-1]["best_val_loss"]
+    # a study is one overlay and one set of train.py arguments
+    p = run(*args[:-3], "--train_args=--max_iters=13", check=False)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith(f"error: {res} is a study with train_args=")
 
 
 def test_dry_run_lists_runs(tmp_path):
-    p = run("ablate.py", "--configs=lens", "--seeds=2", "--dry_run=True", f"--out_root={tmp_path}")
+    p = run("ablate.py", "--configs=lens", "--seeds=2", "--dry_run=True", f"--results={tmp_path}/r",
+            f"--out_root={tmp_path}/o")
     assert "2 configs x 2 seeds = 4 runs" in p.stdout and p.stdout.count("to train") == 4
     assert not os.listdir(tmp_path)
+
+
+def test_readme_tables_are_the_reports_of_results():
+    """Every Results table in the README is what report.py prints from the records in results/."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = report.readme_blocks(f.read())
+    assert set(blocks) == {"results/cpu", "results/recall"}
+    for study, text in blocks.items():
+        assert text == report.block_text(study), f"README's {study} table is stale: run python report.py"
+
+
+def test_report_errors(tmp_path):
+    p = run("report.py", f"--studies={tmp_path}", "--readme=False", check=False)
+    assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path} is not a study folder (no study.json)"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY, run
-from model import GPT, KVCache
+from model import GPT, KVCache, cache_forms
 from test_model import CONFIGS, tiny
 
 
@@ -19,8 +19,12 @@ def test_cached_decoding_equals_recomputation(name, form):
     """Prefill, then one token at a time, then a chunk after a cached prefix: every logit equals a
     full forward pass to 1e-5 (float32), with and without a pruned layer."""
     model = tiny(**CONFIGS[name]).eval()
+    if form not in cache_forms(model.config):
+        with pytest.raises(ValueError, match="the input form cannot decode reciprocity with kv_share > 1"):
+            KVCache(model, 2, form=form)
+        return
     idx = torch.randint(0, 61, (2, 32))
-    for skip in ((), (1,)):
+    for skip in ((), (0,), (1,)):  # with CLA, (0,) prunes the layer whose K and V layer 1 still uses
         full, _ = model(idx, targets=idx, attn_skip_layers=skip)  # logits at every position, no cache
         cache = KVCache(model, 2, attn_skip_layers=skip, form=form)
         steps = [model(idx[:, :9], cache=cache)[0]]
@@ -40,19 +44,20 @@ def test_greedy_generation_identical_and_past_block_size(name):
     # 5 + 60 tokens: well past block_size = 32, where the context is cropped and prefilled again
     ref = model.generate(prompt, 60, temperature=0, kv_cache=False)
     assert ref.shape == (2, 65)
-    for form in (True, "kv", "input"):
+    forms = cache_forms(model.config)
+    for form in (True,) + forms:
         assert torch.equal(model.generate(prompt, 60, temperature=0, kv_cache=form), ref), form
     skip = (1,)
     ref = model.generate(prompt, 40, temperature=0, kv_cache=False, attn_skip_layers=skip)
-    for form in FORMS:
+    for form in forms:
         assert torch.equal(model.generate(prompt, 40, temperature=0, kv_cache=form, attn_skip_layers=skip), ref)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cache_holds_exactly_the_analytic_bytes(name):
     model = tiny(**CONFIGS[name]).eval()
-    for form in FORMS:
-        for skip in ((), (0,), (0, 1)):
+    for form in cache_forms(model.config):
+        for skip in ((), (0,), (1,), (0, 1)):
             cache = KVCache(model, 3, attn_skip_layers=skip, form=form)
             model(torch.randint(0, 61, (3, 7)), cache=cache)
             assert cache.nbytes() == model.kv_cache_bytes_per_token(torch.float32, skip, form) * 3 * 32
@@ -80,6 +85,13 @@ def test_cache_size_ratios():
     assert KVCache(tiny(**CONFIGS["gqa"]), 1).form == "kv"  # 2 of 4 K/V heads: a tie, K/V decodes cheaper
     assert KVCache(tiny(**CONFIGS["mqa"]), 1).form == "kv"
     assert KVCache(tiny(**CONFIGS["full_mqa"]), 1).form == "input"  # Q for every head outweighs it
+    # CLA: K and V for half the layers; a group's K/V stay while any of its layers attends
+    cla = tiny(**CONFIGS["cla"])
+    assert cla.kv_cache_bytes_per_token() / per_token["baseline"] == 1 / 2
+    assert cla.kv_cache_bytes_per_token(form="input") / per_token["baseline"] == 1 / 4
+    assert cla.kv_cache_bytes_per_token(torch.float32, (0,)) == cla.kv_cache_bytes_per_token()
+    assert cla.kv_cache_bytes_per_token(torch.float32, (0, 1)) == 0
+    assert KVCache(cla, 1).form == "input" and KVCache(tiny(**CONFIGS["cla_lens"]), 1).form == "kv"
 
 
 def test_cache_form_errors():
@@ -131,7 +143,7 @@ def test_input_form_matches_transformers_generation(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("name,form", [("full", "input"), ("lens", "kv"), ("gqa", "kv")])
+@pytest.mark.parametrize("name,form", [("full", "input"), ("lens", "kv"), ("gqa", "kv"), ("cla_lens", "kv")])
 def test_compiled_decoding_equals_eager_without_recompiling(name, form):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -159,7 +171,7 @@ def test_pruned_attention_is_gone():
     g, alpha, mlp = block.route_gate(), block.mlp.alpha_raw.clamp(0, 1), block.mlp
     h = torch.nn.functional.gelu(mlp.c_fc(block.ln_2(x)), approximate="tanh")
     expected = x + (1 - g) * mlp.c_proj((1 - alpha) * h)
-    assert torch.allclose(block(x, skip_attn=True), expected, atol=1e-6)
+    assert torch.allclose(block(x, skip_attn=True)[0], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["route_gate", "full", "conductor"])

@@ -26,6 +26,8 @@ CONFIGS = {
     "gqa": dict(n_kv_head=2),
     "mqa": dict(n_kv_head=1),
     "full_mqa": dict(FULL, n_kv_head=1),
+    "cla": dict(kv_share=2),
+    "cla_lens": dict(use_reciprocity=True, use_discoverability=True, n_kv_head=2, kv_share=2),
 }
 
 
@@ -119,7 +121,7 @@ def test_fused_attention_equals_reference(rec, disc, n_kv_head):
             attn.lens_gates.add_(0.3 * torch.randn_like(attn.lens_gates))
     x = torch.randn(2, 23, 48)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_fused, out_ref = attn(x1), reference_attention(attn, x2)
+    out_fused, out_ref = attn(x1)[0], reference_attention(attn, x2)
     assert torch.allclose(out_fused, out_ref, atol=1e-5, rtol=0)
     params = [p for p in attn.parameters()]
     g = torch.randn_like(out_ref)
@@ -164,6 +166,8 @@ def test_parameter_counts_follow_the_formulas():
     assert n(use_route_gate=True) - base == L
     hidden = 4 * E
     assert n(mlp_use_ctx_summary=True) - base == L * (E * R + R * hidden + 1)
+    assert base - n(kv_share=2) == (L // 2) * (2 * E * E + 2 * E)  # a CLA layer has no K/V projection
+    assert base - n(kv_share=2, n_kv_head=2) == n() - n(n_kv_head=2) + (L // 2) * (E * E + E)
     hidden = round(2.5 * E)
     assert n(mlp_use_ctx_summary=True, mlp_expansion_ratio=2.5) - n(mlp_expansion_ratio=2.5) == L * (E * R + R * hidden + 1)
     # GPT-2 124M: docs/design.md's table, counted from real (meta) tensors
@@ -278,7 +282,33 @@ def test_conductor_compiles_fullgraph_and_switches():
     assert torch.allclose(model(idx, targets=idx)[0], no_ctx(idx, targets=idx)[0], atol=1e-6)
 
 
+def test_cla_layer_attends_with_the_k_and_v_of_the_layer_below():
+    """kv_share=2: layer 1 computes only queries; its attention is softmax(q1 k0^T / sqrt(D)) v0 with
+    layer 0's K and V, from layer 0's own input, written out here by hand."""
+    model = tiny(kv_share=2, n_layer=4).eval()
+    h = model.transformer.h
+    assert [b.attn.owns_kv for b in h] == [True, False, True, False]
+    assert h[1].attn.c_attn.weight.shape == (32, 32)
+    idx = torch.randint(0, 61, (2, 16))
+    x0 = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(16))
+    B, T, H, D = 2, 16, 4, 8
+    heads = lambda t: t.view(B, T, H, D).transpose(1, 2)
+    q0, k0, v0 = (heads(t) for t in h[0].attn.c_attn(h[0].ln_1(x0)).split(32, dim=2))
+    x1, _ = h[0](x0)
+    q1 = heads(h[1].attn.c_attn(h[1].ln_1(x1)))
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    att = (q1 @ k0.transpose(-2, -1) / math.sqrt(D)).masked_fill(~mask, float("-inf")).softmax(-1)
+    y = h[1].attn.c_proj((att @ v0).transpose(1, 2).reshape(B, T, 32))
+    a1, (k, v) = h[1].attn(h[1].ln_1(x1), kv=(k0, v0))
+    assert torch.allclose(a1, y, atol=1e-6) and k is k0 and v is v0
+    with torch.no_grad():
+        h[0].attn.c_attn.weight[32:] += 0.1 * torch.randn(64, 32)  # layer 0's K/V projection moves layer 1's output
+    assert not torch.allclose(h[1].attn(h[1].ln_1(x1), kv=h[0].attn(h[0].ln_1(x0))[1])[0], y, rtol=1e-2, atol=0)
+
+
 def test_config_errors():
+    with pytest.raises(ValueError, match="kv_share must be >= 1"):
+        GPTConfig(**TINY, kv_share=0)
     with pytest.raises(ValueError, match="n_kv_head=3 must divide n_head=4"):
         GPTConfig(**{**TINY, "n_kv_head": 3})
     with pytest.raises(ValueError, match="mlp_ctx_conductor needs"):
@@ -291,6 +321,9 @@ def test_architecture_summary(capsys):
     print_architecture_summary(tiny(use_reciprocity=True))
     out = capsys.readouterr().out
     assert "1.50x GPT-2" in out and "lens gates" in out
+    print_architecture_summary(tiny(kv_share=2))
+    out = capsys.readouterr().out
+    assert "shared by 2 layers" in out and "0.50x GPT-2" in out
 
 
 def test_flops_count_the_attention_widths():

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run
 
-SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py"]
+SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py", "report.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -1,0 +1,369 @@
+"""
+The report of an ablation study, from the result records in its folder (results/<study>/<config>/seed<N>.json,
+which ablate.py writes): results.json, report.md and the plot of loss (and, for recall, accuracy) against
+KV-cache bytes per token. The README's Results tables are these reports, pasted between markers.
+
+$ python report.py                          # every study in results/, and the README's tables
+$ python report.py --studies=results/cpu --readme=False
+
+Each config is compared with the baseline by Welch's t: the difference of means with its 95% confidence
+interval, and the p-value with Holm's correction across the study's configs. The verdict follows from the
+interval: better, worse, or no difference detected.
+"""
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+from configurator import ablation_names, configure
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(ROOT, "README.md")
+
+# -----------------------------------------------------------------------------
+studies = ""  # comma-separated study folders; '' for every results/*/ with a study.json
+readme = True  # rewrite the README's report blocks from results/
+# -----------------------------------------------------------------------------
+
+
+def load_records(study):
+    """Every run record of a study folder, in the study's config order (baseline first), then by seed."""
+    records = []
+    for path in glob.glob(os.path.join(study, "*", "seed*.json")):
+        with open(path) as f:
+            records.append(json.load(f))
+    order = {n: i for i, n in enumerate(ablation_names("all"))}
+    return sorted(records, key=lambda r: (order.get(r["config"], len(order)), r["config"], r["seed"]))
+
+
+# ----------------------------------------------------------------------------- the stated test
+def mean_std(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def welch(a, b):
+    """Welch's t test of mean(a) - mean(b): the difference, its 95% confidence interval and the
+    two-sided p-value; None with fewer than two values on either side (no spread to test against)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats as st
+    if statistics.variance(a) + statistics.variance(b) == 0:  # identical runs: no interval to compute
+        d = statistics.mean(a) - statistics.mean(b)
+        return {"diff": d, "lo": d, "hi": d, "p": 1.0 if d == 0 else 0.0, "n": (len(a), len(b))}
+    t = st.ttest_ind(a, b, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    return {"diff": statistics.mean(a) - statistics.mean(b), "lo": float(ci.low), "hi": float(ci.high),
+            "p": float(t.pvalue), "n": (len(a), len(b))}
+
+
+def holm(tests):
+    """Holm's step-down correction of the p-values in {name: test} (None tests are left out)."""
+    ranked = sorted((t["p"], n) for n, t in tests.items() if t is not None)
+    adjusted, running = {}, 0.0
+    for i, (p, n) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        adjusted[n] = running
+    return adjusted
+
+
+def verdict(t, p, lower_is_better=True, p_name="Holm p"):
+    """better, worse, or no difference detected, from the 95% interval; the test and n named."""
+    if t is None:
+        return "fewer than 2 seeds: not tested"
+    test = f"Welch t, n={t['n'][0]} vs {t['n'][1]}, {p_name}={p:.2g}"
+    ci = f"95% CI [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+    if t["lo"] > 0 or t["hi"] < 0:
+        good = (t["hi"] < 0) == lower_is_better
+        return f"{'better' if good else 'worse'} by {abs(t['diff']):.4f} ({ci}; {test})"
+    return f"no difference detected ({ci}; {test})"
+
+
+def learned_at(history, level=0.9):
+    """The first evaluated iteration at which validation accuracy reached `level`, or None."""
+    return next((h["iter"] for h in history if h.get("val_acc") is not None and h["val_acc"] >= level), None)
+
+
+# ----------------------------------------------------------------------------- summary
+def summarize(records):
+    """Per config, in the records' order: means and spreads over its seeds, and the tests against the baseline."""
+    names = list(dict.fromkeys(r["config"] for r in records))
+    if "baseline" not in names:
+        raise SystemExit("error: the study has no baseline runs to compare with")
+    recall = all(r.get("eval_val_acc") is not None for r in records)
+    S = {}
+    for name in names:
+        rs = [r for r in records if r["config"] == name]
+        s = {"n": len(rs), "seeds": [r["seed"] for r in rs], "kv": rs[0]["kv_bytes_per_token"],
+             "params": rs[0]["params"], "tokens": rs[0]["tokens_seen"], "model": rs[0]["model"],
+             "losses": [r["best_val_loss"] for r in rs]}
+        s["loss"], s["loss_std"] = mean_std(s["losses"])
+        for ranking in ("route_gate", "contribution"):
+            for key in ("val_loss", "val_acc") if recall else ("val_loss",):
+                vals = [r["half_pruned"][ranking][key] for r in rs if ranking in r["half_pruned"]]
+                s[f"half_{key}_{ranking}"] = statistics.mean(vals) if vals else None
+        # the pruning curve, averaged over seeds, in the order that keeps the most (lower mean loss)
+        curves = {}
+        for row in rs[0]["pruning"]:
+            same = [p for r in rs for p in r["pruning"] if p["ranking"] == row["ranking"] and len(p["layers"]) == len(row["layers"])]
+            curves.setdefault(row["ranking"], []).append(
+                {"k": len(row["layers"]), "kv": row["kv_bytes_per_token"], "loss": [p["val_loss"] for p in same],
+                 "acc": [p["val_acc"] for p in same] if recall else None})
+        s["curve"] = min(curves.values(), key=lambda c: sum(sum(p["loss"]) for p in c))
+        if recall:
+            s["accs"] = [r["eval_val_acc"] for r in rs]
+            s["acc"], s["acc_std"] = mean_std(s["accs"])
+            s["acc_none"] = statistics.mean(r["all_pruned"]["val_acc"] for r in rs)
+            s["learned"] = [learned_at(r["history"]) for r in rs]
+        S[name] = s
+    others = [n for n in names if n != "baseline"]
+    for key, measure in (("test", "losses"), ("acc_test", "accs")) if recall else (("test", "losses"),):
+        tests = {n: welch(S[n][measure], S["baseline"][measure]) for n in others}
+        adjusted = holm(tests)
+        for n in others:
+            S[n][key], S[n][key + "_p"] = tests[n], adjusted.get(n)
+    return S, names, recall
+
+
+QUESTIONS = {"reciprocity": "Does reciprocity help?", "discoverability": "Does discoverability help?",
+             "lens": "Do reciprocity and discoverability together help?", "full": "Does every mechanism together help?",
+             "attn_only": "Can attention-only work?", "route_annealed": "Does an annealed route gate change the loss?",
+             "route_free": "Does a freely learned route gate change the loss?",
+             "gqa": "What does grouped-query attention cost?", "mqa": "What does multi-query attention cost?",
+             "cla": "What does sharing K/V across adjacent layers (CLA) cost?"}
+
+
+def fmt(v, spec=".4f"):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{spec}}"
+
+
+def cache_points(S, names, measure):
+    """Every way this study reaches a cache size: each config in each cache form it can use, and each
+    pruned point (in its smaller form); (bytes, mean, std, label, config, per-seed values). measure: "loss" or
+    "acc". All on the same validation batches (ablate.py's evaluation of the final model), so they compare."""
+    pts = []
+    for n in names:
+        s = S[n]
+        for form, b in s["kv"].items():
+            vals = s["curve"][0][measure]
+            pts.append((b, *mean_std(vals), f"{n} in the {'K/V' if form == 'kv' else 'input'} form", n, vals))
+        for p in s["curve"][1:-1]:  # 1 .. L-1 layers pruned
+            form = min(p["kv"], key=p["kv"].get)
+            pts.append((p["kv"][form], *mean_std(p[measure]), f"{n} with {p['k']} layers' attention pruned ({form} form)",
+                        n, p[measure]))
+    return pts
+
+
+def pareto(pts, higher_is_better):
+    """The points that no other point beats with a cache at most as large."""
+    sign = -1 if higher_is_better else 1
+    front, best = [], float("inf")
+    for p in sorted(pts, key=lambda p: (p[0], sign * p[1])):
+        if sign * p[1] < best:
+            front.append(p)
+            best = sign * p[1]
+    return front
+
+
+def machines(records):
+    """The machines a study's runs were trained on, as the records name them."""
+    seen = sorted({(m["device"], m.get("arch", "?"), m.get("cpus"), m["torch"]) for m in (r["machine"] for r in records)})
+    return "; ".join(f"{d} ({a}, {c} cores), torch {t}" for d, a, c, t in seen)
+
+
+def report(records, study):
+    """The report's Markdown lines. Every sentence follows from the numbers in its tables."""
+    S, names, recall = summarize(records)
+    base = S["baseline"]
+    kv0 = base["kv"]["kv"]
+    seeds = sorted({len(S[n]["seeds"]) for n in names})
+    n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    lines = ["Commands: " + "; ".join(f"`{c}`" for c in study["commands"]) + f". Trained on: {machines(records)}.", "",
+             f"{study['title']}: {len(names)} configs, {n_seeds} seeds each ({len(records)} runs), "
+             f"{base['tokens']:,} training tokens per run. Loss: best validation loss, mean +- std over seeds. "
+             "Delta: against the baseline, the difference of means with its 95% confidence interval (Welch's t) "
+             "and the p-value with Holm's correction across the configs. KV: cache bytes per token at 16-bit "
+             "precision, in the K/V form and in the input form (exact; `-` where a config cannot use it). Half "
+             "pruned: validation loss with attention removed from half the layers, lowest route gate or lowest "
+             "measured contribution first." + (" Recall acc: the share of answers predicted exactly on the "
+                                               f"validation set (chance {records[0]['chance_accuracy']:.4f})." if recall else ""),
+             "",
+             "| config | seeds | params | loss | delta [95% CI] | p (Holm) | K/V B/token | input B/token | "
+             "half pruned (gate) | half pruned (contribution) |" + (" recall acc | delta acc [95% CI] | p (Holm) | "
+                                                                    "no attention acc |" if recall else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if recall else "")]
+
+    def delta(t, p):
+        return "- | -" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}] | {p:.2g}"
+
+    for n in names:
+        s = S[n]
+        row = (f"| {n} | {s['n']} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['loss_std'])} | "
+               f"{delta(s.get('test'), s.get('test_p'))} | {s['kv']['kv']:,} | {fmt(s['kv'].get('input'), ',')} | "
+               f"{fmt(s['half_val_loss_route_gate'])} | {fmt(s['half_val_loss_contribution'])} |")
+        if recall:
+            row += f" {s['acc']:.4f} +- {fmt(s['acc_std'])} | {delta(s.get('acc_test'), s.get('acc_test_p'))} | {s['acc_none']:.4f} |"
+        lines.append(row)
+
+    answers = []
+    for n in names[1:]:
+        answers.append(f"- {QUESTIONS.get(n, 'Against the baseline:')} {n}: loss {verdict(S[n]['test'], S[n]['test_p'])}.")
+        if recall:
+            answers.append(f"  Recall accuracy: {verdict(S[n]['acc_test'], S[n]['acc_test_p'], lower_is_better=False)}.")
+    if "route_annealed" in S and "route_free" in S:  # one comparison outside the family against the baseline
+        t = welch(S["route_annealed"]["losses"], S["route_free"]["losses"])
+        answers.append("- Annealed against freely learned route gates: route_annealed "
+                       f"{verdict(t, t and t['p'], p_name='p, uncorrected')} than route_free.")
+    pts = cache_points(S, names, "acc" if recall else "loss")
+    for share in (0.5, 0.25):
+        within = [p for p in pts if p[0] <= share * kv0]
+        if within:
+            best = pareto(within, recall)[-1]
+            ref = base["curve"][0]["acc" if recall else "loss"]
+            t = welch(best[5], ref)
+            answers.append(f"- The best way to a cache of at most {share}x the baseline's K/V bytes ({int(share * kv0):,} "
+                           f"B/token): {best[3]}, {best[0]:,} B/token, {'recall acc' if recall else 'validation loss'} "
+                           f"{best[1]:.4f} +- {fmt(best[2])} against the baseline's {statistics.mean(ref):.4f} (final "
+                           f"models, the pruning evaluation's batches): {verdict(t, t and t['p'], not recall, 'p, uncorrected')}.")
+    if recall:
+        answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
+                       f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0]['chance_accuracy']:.4f}).")
+        lines += ["", "Iterations to learn the lookup: the first evaluation at which a run's validation recall "
+                  "accuracy reached 0.9 (evaluated every "
+                  f"{records[0]['history'][1]['iter'] - records[0]['history'][0]['iter'] if len(records[0]['history']) > 1 else '?'}"
+                  " iterations).", "",
+                  "| config | discoverability | reached 0.9 | median iteration | range |", "|---|---|---|---|---|"]
+        for n in names:
+            got = [i for i in S[n]["learned"] if i is not None]
+            lines.append(f"| {n} | {'on' if S[n]['model']['use_discoverability'] else 'off'} | {len(got)} of {S[n]['n']} | "
+                         f"{fmt(statistics.median(got) if got else None, 'g')} | "
+                         f"{f'{min(got)} .. {max(got)}' if got else '-'} |")
+        answers.append("- Does discoverability delay or block learning the lookup? " + discoverability_answer(S, names))
+    return lines + ["", "Answers:", ""] + answers
+
+
+def discoverability_answer(S, names):
+    """Runs with discoverability on against runs with it off, pooled over configs: how many never
+    reached 0.9, and a Mann-Whitney U test of the iterations (a run that never learned ranks last)."""
+    from scipy.stats import mannwhitneyu
+    groups = {on: [i for n in names if S[n]["model"]["use_discoverability"] == on for i in S[n]["learned"]]
+              for on in (True, False)}
+    if not groups[True] or not groups[False]:
+        return "not tested: the study has no runs with it on, or none with it off."
+    never = {on: sum(i is None for i in g) for on, g in groups.items()}
+    late = max(i for g in groups.values() for i in g if i is not None) if any(
+        i is not None for g in groups.values() for i in g) else 0
+    ranked = {on: [late + 1 if i is None else i for i in g] for on, g in groups.items()}
+    p = mannwhitneyu(ranked[True], ranked[False], alternative="two-sided").pvalue if len(set(
+        ranked[True] + ranked[False])) > 1 else 1.0
+    med = {on: statistics.median(ranked[on]) for on in groups}
+    where = "later" if med[True] > med[False] else "earlier" if med[True] < med[False] else "at the same median"
+    return (f"with it on, {len(groups[True]) - never[True]} of {len(groups[True])} runs reached 0.9 "
+            f"(median iteration {fmt(med[True], 'g')}, never counted last); with it off, "
+            f"{len(groups[False]) - never[False]} of {len(groups[False])} (median {fmt(med[False], 'g')}). "
+            f"Runs with it on learn {where}; Mann-Whitney U p={p:.2g}"
+            + (" (a difference at the 5% level)." if p < 0.05 else " (no difference detected at the 5% level)."))
+
+
+# ----------------------------------------------------------------------------- plot
+def plot(records, path, title):
+    """Loss (and recall accuracy) against 16-bit KV bytes per token: every config in each cache form (o K/V,
+    s input), pruned points (x), error bars (std over seeds) and the Pareto front. Labels are a legend, so
+    they never overlap; points at one cache size are spread sideways a little to keep them apart."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    S, names, recall = summarize(records)
+    measures = ["loss", "acc"] if recall else ["loss"]
+    fig, axes = plt.subplots(len(measures), 2, figsize=(15, 5 * len(measures)), squeeze=False)
+    palette = plt.get_cmap("tab20").colors
+    color = {n: (palette[0::2] + palette[1::2])[i % 20] for i, n in enumerate(names)}  # dark ones first
+    spread = 0.012 * S["baseline"]["kv"]["kv"]
+    for row, measure in zip(axes, measures):
+        pts = cache_points(S, names, measure)
+        for ax, zoom in zip(row, (False, True)):  # every point; the unpruned ones alone, where they differ by 0.01
+            taken = {}  # points already drawn at each cache size: spread sideways
+            for b, m, sd, label, n, _ in pts:
+                pruned = "pruned" in label
+                if zoom and pruned:
+                    continue
+                j = taken[b, pruned] = taken.get((b, pruned), -1) + 1
+                marker = "x" if pruned else "o" if "K/V" in label else "s"
+                ax.errorbar(b + j * spread, m, yerr=0 if math.isnan(sd) else sd, fmt=marker, color=color[n],
+                            mfc="none" if marker == "s" else color[n], ms=4 if pruned else 5, capsize=2,
+                            alpha=0.6 if pruned else 1.0, label=n if marker == "o" and not zoom else None)
+            front = pareto([p for p in pts if not (zoom and "pruned" in p[3])], measure == "acc")
+            ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1,
+                    label="Pareto front" if not zoom and measure == "loss" else None)
+            ax.set_xlabel("KV cache bytes per token (16-bit)")
+            ax.set_ylabel(("recall accuracy" if measure == "acc" else "validation loss") + " (final model)")
+            ax.set_title("unpruned configs only" if zoom else "every config, cache form and pruned point", fontsize=9)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8,
+               title="o K/V form, s input form,\nx attention pruned", title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- files
+def study_info(study):
+    """study.json: the study's title, overlay, train.py arguments and the ablate.py commands that made it."""
+    with open(os.path.join(study, "study.json")) as f:
+        return json.load(f)
+
+
+def write_study(study):
+    """results.json (every record), report.md and loss_vs_kv.png in the study folder; returns the report's lines."""
+    records = load_records(study)
+    if not records:
+        raise SystemExit(f"error: {study} holds no run records")
+    info = study_info(study)
+    lines = report(records, info)
+    with open(os.path.join(study, "results.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    with open(os.path.join(study, "report.md"), "w") as f:
+        f.write("# Ablation report\n\n" + "\n".join(lines) + "\n")
+    plot(records, os.path.join(study, "loss_vs_kv.png"), info["title"])
+    return lines
+
+
+BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- end of report -->)", re.S)
+
+
+def readme_blocks(text):
+    """{study folder: the text between its markers} for every study the README shows."""
+    return {m.group(2): m.group(3) for m in BLOCK.finditer(text)}
+
+
+def block_text(study):
+    folder = os.path.join(ROOT, study)
+    return "\n".join(report(load_records(folder), study_info(folder))) + "\n"
+
+
+def update_readme(path=README):
+    with open(path) as f:
+        text = f.read()
+    new = BLOCK.sub(lambda m: m.group(1) + block_text(m.group(2)) + m.group(4), text)
+    with open(path, "w") as f:
+        f.write(new)
+    return sorted(readme_blocks(text))
+
+
+if __name__ == "__main__":
+    configure(globals(), sys.argv[1:])
+    folders = studies.split(",") if studies else sorted(os.path.dirname(p) for p in glob.glob(os.path.join("results", "*", "study.json")))
+    for study in folders:
+        if not os.path.isfile(os.path.join(study, "study.json")):
+            raise SystemExit(f"error: {study} is not a study folder (no study.json)")
+        print("\n".join(write_study(study)))
+        print(f"wrote {study}/results.json, report.md, loss_vs_kv.png\n")
+    if readme:
+        print(f"README.md: report blocks for {', '.join(update_readme()) or 'no study'} rewritten")
