@@ -17,6 +17,7 @@ import os
 import re
 import statistics
 import sys
+import warnings
 
 from configurator import ablation_names, configure
 
@@ -53,7 +54,9 @@ def welch(a, b):
     if statistics.variance(a) + statistics.variance(b) == 0:  # identical runs: no interval to compute
         d = statistics.mean(a) - statistics.mean(b)
         return {"diff": d, "lo": d, "hi": d, "p": 1.0 if d == 0 else 0.0, "n": (len(a), len(b))}
-    t = st.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():  # scipy warns when one side's seeds all agree (e.g. accuracy 1.0); the test stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = st.ttest_ind(a, b, equal_var=False)
     ci = t.confidence_interval(0.95)
     return {"diff": statistics.mean(a) - statistics.mean(b), "lo": float(ci.low), "hi": float(ci.high),
             "p": float(t.pvalue), "n": (len(a), len(b))}
@@ -214,8 +217,8 @@ def report(records, study):
             answers.append(f"  Recall accuracy: {verdict(S[n]['acc_test'], S[n]['acc_test_p'], lower_is_better=False)}.")
     if "route_annealed" in S and "route_free" in S:  # one comparison outside the family against the baseline
         t = welch(S["route_annealed"]["losses"], S["route_free"]["losses"])
-        answers.append("- Annealed against freely learned route gates: route_annealed "
-                       f"{verdict(t, t and t['p'], p_name='p, uncorrected')} than route_free.")
+        answers.append("- Annealed against freely learned route gates (route_annealed minus route_free): "
+                       f"{verdict(t, t and t['p'], p_name='p, uncorrected')}.")
     pts = cache_points(S, names, "acc" if recall else "loss")
     for share in (0.5, 0.25):
         within = [p for p in pts if p[0] <= share * kv0]
@@ -246,8 +249,9 @@ def report(records, study):
 
 def discoverability_answer(S, names):
     """Runs with discoverability on against runs with it off, pooled over configs: how many never
-    reached 0.9, and a Mann-Whitney U test of the iterations (a run that never learned ranks last)."""
-    from scipy.stats import mannwhitneyu
+    reached 0.9 (Fisher's exact test: does it block?), and a Mann-Whitney U test of the iterations
+    (does it delay? a run that never learned ranks last)."""
+    from scipy.stats import fisher_exact, mannwhitneyu
     groups = {on: [i for n in names if S[n]["model"]["use_discoverability"] == on for i in S[n]["learned"]]
               for on in (True, False)}
     if not groups[True] or not groups[False]:
@@ -259,11 +263,15 @@ def discoverability_answer(S, names):
     p = mannwhitneyu(ranked[True], ranked[False], alternative="two-sided").pvalue if len(set(
         ranked[True] + ranked[False])) > 1 else 1.0
     med = {on: statistics.median(ranked[on]) for on in groups}
+    p_block = fisher_exact([[never[on], len(groups[on]) - never[on]] for on in (True, False)]).pvalue
     where = "later" if med[True] > med[False] else "earlier" if med[True] < med[False] else "at the same median"
     return (f"with it on, {len(groups[True]) - never[True]} of {len(groups[True])} runs reached 0.9 "
-            f"(median iteration {fmt(med[True], 'g')}, never counted last); with it off, "
+            f"(median iteration {fmt(med[True], 'g')}, a run that never did counted last); with it off, "
             f"{len(groups[False]) - never[False]} of {len(groups[False])} (median {fmt(med[False], 'g')}). "
-            f"Runs with it on learn {where}; Mann-Whitney U p={p:.2g}"
+            f"Blocks? Runs that never learned it: {never[True]} of {len(groups[True])} on, {never[False]} of "
+            f"{len(groups[False])} off, Fisher's exact p={p_block:.2g}"
+            + (" (a difference at the 5% level)" if p_block < 0.05 else " (no difference detected at the 5% level)")
+            + f". Delays? Runs with it on learn {where}, Mann-Whitney U p={p:.2g}"
             + (" (a difference at the 5% level)." if p < 0.05 else " (no difference detected at the 5% level)."))
 
 
