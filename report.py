@@ -154,7 +154,8 @@ def cache_points(S, names, measure):
             pts.append((b, *mean_std(vals), f"{n} in the {'K/V' if form == 'kv' else 'input'} form", n, vals))
         for p in s["curve"][1:-1]:  # 1 .. L-1 layers pruned
             form = min(p["kv"], key=p["kv"].get)
-            pts.append((p["kv"][form], *mean_std(p[measure]), f"{n} with {p['k']} layers' attention pruned ({form} form)",
+            pts.append((p["kv"][form], *mean_std(p[measure]),
+                        f"{n} with {p['k']} layers' attention pruned ({'K/V' if form == 'kv' else 'input'} form)",
                         n, p[measure]))
     return pts
 
@@ -219,17 +220,36 @@ def report(records, study):
         t = welch(S["route_annealed"]["losses"], S["route_free"]["losses"])
         answers.append("- Annealed against freely learned route gates (route_annealed minus route_free): "
                        f"{verdict(t, t and t['p'], p_name='p, uncorrected')}.")
-    pts = cache_points(S, names, "acc" if recall else "loss")
+    measure = "acc" if recall else "loss"
+    ref = base["curve"][0][measure]  # the baseline with its whole cache, on the same batches as every point
+    pts = cache_points(S, names, measure)
     for share in (0.5, 0.25):
-        within = [p for p in pts if p[0] <= share * kv0]
-        if within:
-            best = pareto(within, recall)[-1]
-            ref = base["curve"][0]["acc" if recall else "loss"]
-            t = welch(best[5], ref)
-            answers.append(f"- The best way to a cache of at most {share}x the baseline's K/V bytes ({int(share * kv0):,} "
-                           f"B/token): {best[3]}, {best[0]:,} B/token, {'recall acc' if recall else 'validation loss'} "
-                           f"{best[1]:.4f} +- {fmt(best[2])} against the baseline's {statistics.mean(ref):.4f} (final "
-                           f"models, the pruning evaluation's batches): {verdict(t, t and t['p'], not recall, 'p, uncorrected')}.")
+        budget = int(share * kv0)
+        # each config's best way into the budget (a cache form, or pruning), best first
+        best = {}
+        for p in sorted(pts, key=lambda p: ((-1 if recall else 1) * p[1], p[0])):
+            if p[0] <= budget:
+                best.setdefault(p[4], p)
+        rows = sorted(best.values(), key=lambda p: ((-1 if recall else 1) * p[1], p[0]))
+        if not rows:
+            continue
+        lines += ["", f"Every config's best way to a cache of at most {share}x the baseline's K/V bytes ({budget:,} B/token), "
+                  f"best first: {'recall accuracy' if recall else 'validation loss'} of the final models on the pruning "
+                  f"evaluation's batches, against the baseline with its whole cache ({statistics.mean(ref):.4f}), "
+                  "Welch's t, p uncorrected.", "",
+                  f"| way | B/token | {'recall acc' if recall else 'loss'} | delta [95% CI] | p |", "|---|---|---|---|---|"]
+        for p in rows:
+            t = None if p[5] == ref else welch(p[5], ref)  # the baseline's own row: nothing to compare
+            lines.append(f"| {p[3]} | {p[0]:,} | {p[1]:.4f} +- {fmt(p[2])} | {delta(t, t and t['p'])} |")
+        t = welch(rows[0][5], ref)
+        answer = (f"- The best way to at most {share}x the baseline's K/V bytes: {rows[0][3]}, {rows[0][0]:,} B/token, "
+                  f"{'recall acc' if recall else 'validation loss'} {rows[0][1]:.4f}; against the baseline with its whole "
+                  f"cache {verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
+        if len(rows) > 1:
+            t = welch(rows[0][5], rows[1][5])
+            answer += (f"; against the next best, {rows[1][3]} ({rows[1][1]:.4f}), "
+                       f"{verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
+        answers.append(answer + ".")
     if recall:
         answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
                        f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0]['chance_accuracy']:.4f}).")
