@@ -129,13 +129,17 @@ for i, (name, seed) in enumerate(runs, 1):
     if subprocess.run([sys.executable] + cmd + (["--init_from=resume"] if resume else [])).returncode != 0:
         raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")  # train.py printed why
     record = evaluate(name, seed, out_dir, shlex.join(["python"] + cmd), time.time() - t0)
+    if os.path.isfile(study_file):  # another ablate.py on this study may have added its command since
+        with open(study_file) as f:
+            study["commands"] = json.load(f)["commands"]
     if ablate_command not in study["commands"]:
         study["commands"].append(ablate_command)
     os.makedirs(os.path.dirname(record_path(name, seed)), exist_ok=True)
     for path, obj in ((study_file, study), (record_path(name, seed), record)):
-        with open(path + ".tmp", "w") as f:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
-        os.replace(path + ".tmp", path)  # a record is whole or absent: a half-written one would be skipped
+        os.replace(tmp, path)  # a record is whole or absent: a half-written one would be skipped
 if not dry_run:
     print("\n".join(write_study(results)))
     print(f"wrote {results}/results.json, report.md, loss_vs_kv.png")

@@ -315,23 +315,27 @@ def plot(records, path, title):
     spread = 0.012 * S["baseline"]["kv"]["kv"]
     for row, measure in zip(axes, measures):
         pts = cache_points(S, names, measure)
+        # the zoom leaves out what lies far from the baseline (attention-only), so the rest keep their hundredths
+        m0, sd0 = mean_std(S["baseline"]["curve"][0][measure])
+        far = sorted({p[4] for p in pts if "pruned" not in p[3] and abs(p[1] - m0) > 10 * sd0})
         for ax, zoom in zip(row, (False, True)):  # every point; the unpruned ones alone, where they differ by 0.01
             taken = {}  # points already drawn at each cache size: spread sideways
             for b, m, sd, label, n, _ in pts:
                 pruned = "pruned" in label
-                if zoom and pruned:
+                if zoom and (pruned or n in far):
                     continue
                 j = taken[b, pruned] = taken.get((b, pruned), -1) + 1
                 marker = "x" if pruned else "o" if "K/V" in label else "s"
                 ax.errorbar(b + j * spread, m, yerr=0 if math.isnan(sd) else sd, fmt=marker, color=color[n],
                             mfc="none" if marker == "s" else color[n], ms=4 if pruned else 5, capsize=2,
                             alpha=0.6 if pruned else 1.0, label=n if marker == "o" and not zoom else None)
-            front = pareto([p for p in pts if not (zoom and "pruned" in p[3])], measure == "acc")
+            front = pareto([p for p in pts if not (zoom and ("pruned" in p[3] or p[4] in far))], measure == "acc")
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1,
                     label="Pareto front" if not zoom and measure == "loss" else None)
             ax.set_xlabel("KV cache bytes per token (16-bit)")
             ax.set_ylabel(("recall accuracy" if measure == "acc" else "validation loss") + " (final model)")
-            ax.set_title("unpruned configs only" if zoom else "every config, cache form and pruned point", fontsize=9)
+            ax.set_title("unpruned configs only" + (f" (left out, far from the baseline: {', '.join(far)})" if far else "")
+                         if zoom else "every config, cache form and pruned point", fontsize=9)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8,
                title="o K/V form, s input form,\nx attention pruned", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
