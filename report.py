@@ -99,14 +99,13 @@ def summarize(records):
     S = {}
     for name in names:
         rs = [r for r in records if r["config"] == name]
-        s = {"n": len(rs), "seeds": [r["seed"] for r in rs], "kv": rs[0]["kv_bytes_per_token"],
+        s = {"n": len(rs), "kv": rs[0]["kv_bytes_per_token"],
              "params": rs[0]["params"], "tokens": rs[0]["tokens_seen"], "model": rs[0]["model"],
              "losses": [r["best_val_loss"] for r in rs]}
         s["loss"], s["loss_std"] = mean_std(s["losses"])
         for ranking in ("route_gate", "contribution"):
-            for key in ("val_loss", "val_acc") if recall else ("val_loss",):
-                vals = [r["half_pruned"][ranking][key] for r in rs if ranking in r["half_pruned"]]
-                s[f"half_{key}_{ranking}"] = statistics.mean(vals) if vals else None
+            vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
+            s[f"half_val_loss_{ranking}"] = statistics.mean(vals) if vals else None
         # the pruning curve, averaged over seeds, in the order that keeps the most (lower mean loss)
         curves = {}
         for row in rs[0]["pruning"]:
@@ -182,7 +181,7 @@ def report(records, study):
     S, names, recall = summarize(records)
     base = S["baseline"]
     kv0 = base["kv"]["kv"]
-    seeds = sorted({len(S[n]["seeds"]) for n in names})
+    seeds = sorted({S[n]["n"] for n in names})
     n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     lines = ["Commands: " + "; ".join(f"`{c}`" for c in study["commands"]) + f". Trained on: {machines(records)}.", "",
              f"{study['title']}: {len(names)} configs, {n_seeds} seeds each ({len(records)} runs), "
