@@ -13,7 +13,6 @@ $ python ablate.py --overlay=config/recall.py --seeds=5            # the recall 
 $ python report.py                                  # the reports (and the README's tables) from results/
 """
 import dataclasses
-import json
 import os
 import platform
 import shlex
@@ -24,9 +23,10 @@ import time
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
+from records import check_writable, load_record, write_json
 from configurator import ablation_names, configure, require
 from evaluate import dataset_meta, pruning_curve, val_batches
-from model import analyze_lens_gates, analyze_route_gates, cache_forms
+from model import analyze_attn_gates, analyze_lens_gates, analyze_route_gates, cache_forms, remove_closed_attention
 from report import write_study
 
 # -----------------------------------------------------------------------------
@@ -39,6 +39,7 @@ out_root = ""  # checkpoints (out of git); '' = out-ablate/<overlay's name>
 eval_batches = 20  # validation batches for the pruning evaluation
 eval_batch_size = 16
 dry_run = False
+reevaluate = ""  # comma-separated configs whose existing records are made again (the run retrained where its checkpoint is gone)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 require((seeds >= 1 and eval_batches >= 1 and eval_batch_size >= 1, "seeds, eval_batches and eval_batch_size must be >= 1"))
@@ -51,6 +52,9 @@ stem = os.path.splitext(os.path.basename(overlay))[0] if overlay else "default"
 results = results or os.path.join("results", stem)
 out_root = out_root or os.path.join("out-ablate", stem)
 runs = [(n, s) for s in range(seeds) for n in names]  # seed by seed: a study stopped early is balanced
+if not dry_run:  # both folders are written: checked before the first run
+    check_writable(results, "results")
+    check_writable(out_root, "out_root")
 record_path = lambda n, s: os.path.join(results, n, f"seed{s}.json")
 run_dir = lambda n, s: os.path.join(out_root, n, f"seed{s}")
 
@@ -59,8 +63,7 @@ study_file = os.path.join(results, "study.json")
 study = {"title": f"Overlay `{overlay or 'none'}`" + (f" with `{train_args}`" if train_args else ""),
          "overlay": overlay, "train_args": train_args, "commands": []}
 if os.path.isfile(study_file):
-    with open(study_file) as f:
-        known = json.load(f)
+    known = load_record(study_file)
     for key in ("overlay", "train_args"):
         if known[key] != study[key]:
             raise SystemExit(f"error: {results} is a study with {key}={known[key]!r}, not {study[key]!r}; "
@@ -75,12 +78,20 @@ def evaluate(name, seed, out_dir, command, wall):
     path = os.path.join(out_dir, "ckpt.pt")
     ck = load_checkpoint(path)
     model = model_from_checkpoint(ck, path).eval()
+    gates = analyze_attn_gates(model) if model.config.attn_budget is not None else None
+    try:  # a budget run ends with its gates fixed: what is measured is the static model it became
+        model = remove_closed_attention(model)
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: {e}")
     cfg, tc = model.config, ck["config"]
     batches = val_batches(tc["dataset"], cfg.block_size, eval_batches, eval_batch_size, "cpu")
+    # greedy pruning chooses its order on training batches, never on the batches the curve reports
+    select = val_batches(tc["dataset"], cfg.block_size, eval_batches, eval_batch_size, "cpu", split="train")
     meta = dataset_meta(tc["dataset"])
     recall = bool(meta.get("mask"))  # a dataset of answers (the recall set): accuracy is the measure
-    curve, contrib = pruning_curve(model, batches)
-    half, L = cfg.n_layer // 2, cfg.n_layer
+    curve, contrib = pruning_curve(model, batches, select_batches=select)
+    L = len(cfg.attention_layers)
+    half = L // 2
 
     def point(row):
         return {"layers": row["pruned"], "val_loss": row["val_loss"], "val_acc": row["val_acc"] if recall else None,
@@ -101,6 +112,8 @@ def evaluate(name, seed, out_dir, command, wall):
         "kv_bytes_per_token": full["kv_bytes_per_token"],
         "lens_gates": {k: v for k, v in lens.items() if k.startswith("mean_")},
         "route_gates": analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
+        "attn_layers": list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
+        "attn_gates": gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())},
         "attention_contribution": contrib,
         "half_pruned": {r["ranking"]: point(r) for r in curve if r["layers_pruned"] == half},
         "all_pruned": point(next(r for r in curve if r["layers_pruned"] == L)),  # no attention: on recall, chance
@@ -114,9 +127,14 @@ def evaluate(name, seed, out_dir, command, wall):
 # ----------------------------------------------------------------------------- train
 print(f"ablate: {len(names)} configs x {seeds} seeds = {len(runs)} runs at {overlay or 'the default scale'}"
       + (f", train.py {train_args}" if train_args else "") + f"; records in {results}")
+ablation_names(reevaluate)  # each must name a config
+again = {n for n in str(reevaluate).split(",") if n}
 for i, (name, seed) in enumerate(runs, 1):
     out_dir = run_dir(name, seed)
-    done = os.path.isfile(record_path(name, seed))
+    old_record = None
+    if name in again and os.path.isfile(record_path(name, seed)):
+        old_record = load_record(record_path(name, seed))
+    done = os.path.isfile(record_path(name, seed)) and old_record is None
     resume = not done and os.path.isfile(os.path.join(out_dir, "ckpt.pt"))
     state = "done, skipped" if done else "resuming" if resume else "to train"
     print(f"[run {i}/{len(runs)}] {name} seed {seed}: {state} ({out_dir})", flush=True)
@@ -129,17 +147,18 @@ for i, (name, seed) in enumerate(runs, 1):
     if subprocess.run([sys.executable] + cmd + (["--init_from=resume"] if resume else [])).returncode != 0:
         raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")  # train.py printed why
     record = evaluate(name, seed, out_dir, shlex.join(["python"] + cmd), time.time() - t0)
+    if old_record is not None:  # training is deterministic: a retrained run must be the run it replaces
+        if abs(record["best_val_loss"] - old_record["best_val_loss"]) > 1e-4:
+            raise SystemExit(f"error: {name} seed {seed} retrained to best val loss {record['best_val_loss']:.6f}, "
+                             f"not the record's {old_record['best_val_loss']:.6f}; the record is kept")
+        record["wall_s"], record["ms_per_iter"] = old_record["wall_s"], old_record["ms_per_iter"]
     if os.path.isfile(study_file):  # another ablate.py on this study may have added its command since
-        with open(study_file) as f:
-            study["commands"] = json.load(f)["commands"]
+        study["commands"] = load_record(study_file)["commands"]
     if ablate_command not in study["commands"]:
         study["commands"].append(ablate_command)
     os.makedirs(os.path.dirname(record_path(name, seed)), exist_ok=True)
     for path, obj in ((study_file, study), (record_path(name, seed), record)):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)  # a record is whole or absent: a half-written one would be skipped
+        write_json(path, obj)  # a record is whole or absent: a half-written one would be skipped
 if not dry_run:
     print("\n".join(write_study(results)))
     print(f"wrote {results}/results.json, report.md, loss_vs_kv.png")

@@ -113,7 +113,8 @@ for _, path in todo:
 print(f"bench: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block_size}, batch {batch_size}, "
       f"{dtype} on {device}{' (compiled)' if compile else ''}, torch {torch.__version__}, "
       f"{torch.get_num_threads()} threads")
-runs = [make_runner(name, model_settings(path, n_head=n_head)) for name, path in todo]
+settings = [(name, model_settings(path, n_layer=n_layer, n_head=n_head, n_embd=n_embd)) for name, path in todo]  # all checked first
+runs = [make_runner(name, knobs) for name, knobs in settings]
 for _ in range(rounds):  # interleaved, so a slow spell of a shared machine hits every config
     for r in runs:
         r["times"].append(timed(r["step"]))

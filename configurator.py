@@ -20,7 +20,8 @@ PLAIN = (bool, int, float, str, tuple, type(None))
 
 
 def config_keys(g):
-    return [k for k, v in g.items() if not k.startswith("_") and isinstance(v, PLAIN)]
+    """The settings: a script's plain lower-case globals (upper case names are its constants)."""
+    return [k for k, v in g.items() if not k.startswith("_") and not k.isupper() and isinstance(v, PLAIN)]
 
 
 def _die(msg):
@@ -135,13 +136,25 @@ def configure(g, argv, follow=None):
 
 def model_settings(path, **context):
     """The GPTConfig lens knobs that a config file sets, with the shape left out (benchmarks pick
-    their own). `context` supplies settings the file reads, such as max_iters or n_head."""
+    their own). `context` supplies settings the file reads, such as max_iters, and the benchmark's
+    shape (n_layer, n_head, n_embd). A config other than the baseline whose knobs build the baseline at
+    that shape (GQA with n_kv_head = n_head) would be measured as a peer it is not: a one-line error."""
     from model import SHAPE_KEYS, GPTConfig
     shape = set(SHAPE_KEYS) | {"dropout"}
     ns = {"max_iters": 5000, **context}
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), ns)
-    return {k: v for k, v in ns.items() if k in GPTConfig.__dataclass_fields__ and k not in shape}
+    knobs = {k: v for k, v in ns.items() if k in GPTConfig.__dataclass_fields__ and k not in shape}
+    dims = {k: v for k, v in context.items() if k in ("n_layer", "n_head", "n_embd")}
+    try:
+        same = knobs and GPTConfig(**dims, **knobs) == GPTConfig(**dims)
+    except ValueError as e:
+        _die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())}: {e}")
+    if same and not path.endswith("ablation_baseline.py"):
+        _die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())} is the baseline "
+             f"({', '.join(f'{k}={v!r}' for k, v in knobs.items())} changes nothing at this shape); choose a shape "
+             "where it differs, e.g. more heads")
+    return knobs
 
 
 def require(*checks):

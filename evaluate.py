@@ -1,6 +1,6 @@
 """Data loading and evaluation shared by train.py, kv_cache_bench.py and ablate.py: windows of a
 token file (with ignored targets where the dataset has a mask), fixed validation batches, loss and
-accuracy with attention pruned from chosen layers, and the two orders in which to prune layers."""
+accuracy with attention pruned from chosen layers, and the orders in which to prune layers."""
 import os
 import pickle
 from contextlib import nullcontext
@@ -67,10 +67,10 @@ def windows(data, ix, block_size, mask=None):
     return x, y
 
 
-def val_batches(dataset, block_size, n_batches, batch_size, device, seed=1337):
-    """n_batches fixed (x, y) windows from data/<dataset>/val.bin."""
+def val_batches(dataset, block_size, n_batches, batch_size, device, seed=1337, split="val"):
+    """n_batches fixed (x, y) windows from data/<dataset>/<split>.bin (val by default)."""
     meta = dataset_meta(dataset)
-    data, mask = load_split(dataset, "val", meta, block_size)
+    data, mask = load_split(dataset, split, meta, block_size)
     g = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
@@ -99,28 +99,49 @@ def val_eval(model, batches, attn_skip_layers=()):
 
 
 @torch.no_grad()
-def pruning_orders(model, batches):
-    """Layers in the order to remove their attention: lowest measured attention contribution first,
-    and, for route-gated models, lowest route gate g first. Returns ({ranking: order}, contributions)."""
-    contrib = np.mean([attention_contribution(model, x) for x, _ in batches], axis=0).tolist()
-    n = model.config.n_layer
-    orders = {"contribution": sorted(range(n), key=lambda i: contrib[i])}
+def greedy_order(model, select_batches, ctx=None):
+    """Attention layers in the order greedy pruning removes them: at each step the layer whose removal
+    raises the loss on `select_batches` least (ties: the lower index). The selection batches must not
+    be the ones a curve then reports (ablate.py takes them from the training split)."""
+    order, left = [], list(model.config.attention_layers)
+    while left:
+        with ctx or nullcontext():
+            costs = [(val_eval(model, select_batches, tuple(sorted(order + [i])))[0], i) for i in left]
+        best = min(costs)[1]
+        order.append(best)
+        left.remove(best)
+    return order
+
+
+@torch.no_grad()
+def pruning_orders(model, batches, select_batches=None, ctx=None):
+    """Attention layers in the order to remove their attention: "greedy" (by measured loss on
+    select_batches, where given), lowest measured attention contribution first, and, for route-gated
+    models, lowest route gate g first. Returns ({ranking: order}, contributions)."""
+    per_batch = [attention_contribution(model, x) for x, _ in batches]
+    layers = model.config.attention_layers
+    contrib = [None if per_batch[0][i] is None else float(np.mean([c[i] for c in per_batch]))
+               for i in range(model.config.n_layer)]
+    orders = {}
+    if select_batches is not None:
+        orders["greedy"] = greedy_order(model, select_batches, ctx)
+    orders["contribution"] = sorted(layers, key=lambda i: contrib[i])
     if model.config.use_route_gate:
         gates = [b.route_gate().item() for b in model.transformer.h]
-        orders["route_gate"] = sorted(range(n), key=lambda i: gates[i])
+        orders["route_gate"] = sorted(layers, key=lambda i: gates[i])
     return orders, contrib
 
 
 @torch.no_grad()
-def pruning_curve(model, batches, ctx=None):
+def pruning_curve(model, batches, ctx=None, select_batches=None):
     """Validation loss (and accuracy, where the dataset scores answers) as attention is removed from
-    0, 1, 2, ... layers in each pruning order, with the KV bytes per token at each step, counted at
-    16-bit precision in the K/V form. Returns (rows, attention contributions); the one pipeline that
-    ablate.py and kv_cache_bench.py share."""
-    orders, contrib = pruning_orders(model, batches)
+    0, 1, 2, ... of the attention layers in each pruning order, with the KV bytes per token at each
+    step, counted at 16-bit precision in the K/V form. Returns (rows, attention contributions); the one
+    pipeline that ablate.py and kv_cache_bench.py share."""
+    orders, contrib = pruning_orders(model, batches, select_batches, ctx)
     rows = []
     for ranking, order in orders.items():
-        for k in range(model.config.n_layer + 1):
+        for k in range(len(order) + 1):
             skip = tuple(sorted(order[:k]))
             with ctx or nullcontext():
                 loss, acc = val_eval(model, batches, skip)

@@ -10,7 +10,8 @@ form, measured in the same run (added when --configs leaves it out).
 3. Throughput: tokens/s at --throughput_context for batch sizes doubling up to the largest whose cache
    fits --mem_budget, and at that largest batch: where a smaller cache shows up as speed.
 4. With trained checkpoints (--ckpt): validation loss as attention is removed from 0, 1, 2, ...
-   layers, in two orders (lowest route gate first; lowest measured attention contribution first),
+   layers, in each order (greedy: the cheapest layer on training batches first; lowest route gate first;
+   lowest measured attention contribution first),
    with the KV bytes per token at each step; on the recall set (data/recall) also recall accuracy.
 
 $ python kv_cache_bench.py --configs=baseline,reciprocity,lens,gqa,mqa      # CPU size, both forms
@@ -19,7 +20,6 @@ $ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
 """
 import glob
-import json
 import os
 import platform
 import sys
@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import ablation_names, configure, model_settings, require, setup_device
+from records import atomic_write, check_writable, write_json
 from evaluate import dataset_meta, pruning_curve, val_batches
-from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step
+from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step, remove_closed_attention
 
 # -----------------------------------------------------------------------------
 configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), 'all', or '' for none (only --ckpt)
@@ -70,6 +71,9 @@ require((min(ctx_lens) >= 2 and min(n_layer, n_head, n_embd, vocab_size, batch_s
         (throughput_steps >= 1 and throughput_context >= 0 and mem_budget >= 0,
          "throughput_steps must be >= 1, throughput_context and mem_budget >= 0"),
         (eval_batches >= 1 and eval_batch_size >= 1 and rounds >= 1, "eval_batches, eval_batch_size and rounds must be >= 1"))
+for path, what in ((json_path, "json"), (plot, "plot")):  # outputs checked before minutes of measuring
+    if path:
+        check_writable(path, what, is_dir=False)
 block = max(ctx_lens)
 form_list = [f for f in str(forms).split(",") if f]
 mode_list = [m for m in str(modes).split(",") if m]
@@ -189,11 +193,16 @@ def throughput(name, model, form, budget):
 def checkpoint_curve(path):
     """The pruning curve of a trained checkpoint (evaluate.pruning_curve), named by its run directory."""
     ck = load_checkpoint(path, map_location=device)
-    model = model_from_checkpoint(ck, path).to(device).eval()
+    try:  # a budget run's closed layers go: what is pruned further is the static model it became
+        model = remove_closed_attention(model_from_checkpoint(ck, path)).to(device).eval()
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: {e}")
     name = os.path.relpath(os.path.dirname(os.path.abspath(path)))
-    batches = val_batches(ck["config"]["dataset"], model.config.block_size, eval_batches, eval_batch_size, device, seed)
-    recall = bool(dataset_meta(ck["config"]["dataset"]).get("mask"))  # answers only: accuracy is the measure
-    rows, contrib = pruning_curve(model, batches, ctx)
+    data = ck["config"]["dataset"]
+    batches = val_batches(data, model.config.block_size, eval_batches, eval_batch_size, device, seed)
+    select = val_batches(data, model.config.block_size, eval_batches, eval_batch_size, device, seed, split="train")
+    recall = bool(dataset_meta(data).get("mask"))  # answers only: accuracy is the measure
+    rows, contrib = pruning_curve(model, batches, ctx, select_batches=select)
     return [dict(r, config=name, checkpoint=path, val_acc=r["val_acc"] if recall else None,
                  attention_contribution=contrib) for r in rows]
 
@@ -212,7 +221,7 @@ models = []
 for name in names:
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                    **model_settings(f"config/ablation_{name}.py", n_head=n_head))
+                    **model_settings(f"config/ablation_{name}.py", n_layer=n_layer, n_head=n_head, n_embd=n_embd))
     model = GPT(cfg).to(device).eval()
     for form in (form_list if name != "baseline" else ["kv"] + [f for f in form_list if f != "kv"]):
         models.append((name, model, form))
@@ -276,9 +285,8 @@ if pruning:
           "KV bytes per token (16-bit, K/V form) fall as (L - k) / L")
 
 if json_path:
-    with open(json_path, "w") as f:
-        json.dump({"machine": machine, "device": device, "torch": torch.__version__, "records": records,
-                   "throughput": through, "pruning": pruning}, f, indent=1)
+    write_json(json_path, {"machine": machine, "device": device, "torch": torch.__version__, "records": records,
+                           "throughput": through, "pruning": pruning})
     print(f"wrote {json_path}")
 if plot:
     if not pruning:
@@ -301,5 +309,5 @@ if plot:
     ax.set_title(f"{what} as attention is pruned layer by layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(plot, dpi=120)
+    atomic_write(plot, lambda f: fig.savefig(f, dpi=120, format="png"))
     print(f"wrote {plot}")

@@ -64,6 +64,17 @@ class GPTConfig:
     mlp_ctx_conductor: bool = False  # use the context only while the block's g < 0.5
     mlp_disabled: bool = False  # no MLP and no ln_2 at all
     mlp_expansion_ratio: float = 4.0
+    # the MLP's GELU: "tanh" is GPT-2's gelu_new (Hugging Face's GPT-2, and every lensgpt checkpoint from
+    # before this setting); "exact" is the erf GELU of nanoGPT and nn.GELU(). The two differ by ~1e-3
+    mlp_activation: str = "tanh"
+    # attention placement: the layers that have attention at all (None = every layer; "first_half" = the
+    # first n_layer // 2). A layer outside it has no ln_1 and no attention parameters, costs no attention
+    # time and caches nothing
+    attn_layers: Optional[tuple] = None
+    attn_free_mlp_iso: bool = False  # widen attention-free layers' MLPs to a whole layer's parameters
+    # learned placement: one hard-concrete gate per attention layer, the expected number of open gates
+    # held to round(attn_budget * attention layers) by a learned Lagrange multiplier (None = off)
+    attn_budget: Optional[float] = None
     # False: a separate lm_head, and the embeddings start at unit scale (nn.Embedding's default, as
     # modded-nanogpt's). GPT-2's 0.02 is the output layer's scale; as input embeddings at 0.02 a
     # fresh model stays on the recall probe's plateau (README, In-context recall)
@@ -73,6 +84,19 @@ class GPTConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         self.lens_gate_init = tuple(float(v) for v in self.lens_gate_init)
+        layers = self.attn_layers
+        if layers == "first_half":  # a config file's words, before an overlay sets n_layer: resolved here
+            layers = tuple(range(max(1, self.n_layer // 2)))
+        if layers is not None:
+            layers = (layers,) if isinstance(layers, int) else tuple(layers) if isinstance(layers, (tuple, list)) else ()
+            if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+                raise ValueError(f"attn_layers must be a non-empty tuple of layer indices, got {self.attn_layers!r}")
+            if any(not 0 <= i < self.n_layer for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(f"attn_layers={self.attn_layers!r} must name distinct layers in [0, {self.n_layer})")
+            self.attn_layers = tuple(sorted(layers))
+        has = set(self.attention_layers) if self.n_layer >= 1 else set()
+        mixed = [g for g in range(0, max(self.n_layer, 0), max(self.kv_share, 1))
+                 if len({i in has for i in range(g, min(g + self.kv_share, self.n_layer))}) > 1]
         checks = [
             (min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.n_embd) >= 1,
              "block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
@@ -90,10 +114,31 @@ class GPTConfig:
             (self.mlp_ctx_rank >= 1, "mlp_ctx_rank must be >= 1"),
             (self.mlp_expansion_ratio > 0, "mlp_expansion_ratio must be > 0"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.mlp_activation in ("tanh", "exact"), f"mlp_activation must be 'tanh' or 'exact', got {self.mlp_activation!r}"),
+            (not mixed, f"kv_share={self.kv_share} groups layers {mixed[0] if mixed else 0}.. with and without "
+                        f"attention (attn_layers={self.attn_layers}): a layer cannot share K/V with an attention-free one"),
+            (not (self.attn_free_mlp_iso and self.mlp_disabled), "attn_free_mlp_iso needs an MLP (mlp_disabled=True)"),
+            (self.attn_budget is None or 0 < self.attn_budget <= 1, f"attn_budget must be in (0, 1], got {self.attn_budget}"),
+            (self.attn_budget is None or self.attn_budget_layers >= 1,
+             f"attn_budget={self.attn_budget} of {len(has)} attention layers rounds to none; use at least "
+             f"{0.5 / max(len(has), 1):.3g}"),
+            (self.attn_budget is None or not self.mlp_disabled,
+             "attn_budget needs an MLP to fall back on (mlp_disabled=True is attention only)"),
+            (self.attn_budget is None or self.kv_share == 1, "attn_budget gates single layers: it needs kv_share=1"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    @property
+    def attention_layers(self):
+        """The layers that have attention, in order."""
+        return tuple(range(self.n_layer)) if self.attn_layers is None else self.attn_layers
+
+    @property
+    def attn_budget_layers(self):
+        """k: how many attention layers keep their gate open under attn_budget (0 when off)."""
+        return 0 if self.attn_budget is None else int(math.floor(self.attn_budget * len(self.attention_layers) + 0.5))
 
     @property
     def lens_terms(self):
@@ -266,10 +311,25 @@ def sdpa_saves_only():
     return create_selective_checkpoint_contexts(_save_sdpa_outputs)
 
 
+def mlp_hidden(config, has_attn=True):
+    """The MLP's hidden width. With attn_free_mlp_iso an attention-free layer turns the parameters its
+    attention would have had (c_attn, c_proj and ln_1, weights and biases) into extra hidden units of
+    2 E + 1 parameters each (c_fc's row and bias, c_proj's column), so the model keeps the parameter
+    count of the same model with attention everywhere."""
+    hidden = round(config.mlp_expansion_ratio * config.n_embd)
+    if config.attn_free_mlp_iso and not has_attn:
+        E, b = config.n_embd, int(config.bias)
+        qkv = E + 2 * config.n_kv_head * (E // config.n_head)
+        attn = E * qkv + E * E + b * (qkv + E) + E * (1 + b)
+        hidden += round(attn / (2 * E + b))
+    return hidden
+
+
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, has_attn=True):
         super().__init__()
-        hidden = round(config.mlp_expansion_ratio * config.n_embd)
+        hidden = mlp_hidden(config, has_attn)
+        self.approximate = "tanh" if config.mlp_activation == "tanh" else "none"
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -282,7 +342,7 @@ class MLP(nn.Module):
     def forward(self, x, resid=None, g=None):
         """The MLP's output, times (1 - g) when a route gate g is given. `resid` is the block's
         residual stream (before, after) attention, whose difference is the attention output a."""
-        h = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2's gelu_new
+        h = F.gelu(self.c_fc(x), approximate=self.approximate)  # "tanh": GPT-2's gelu_new
         if not self.use_ctx and g is None:
             return self.dropout(self.c_proj(h))
         # c_proj is linear, so scalars fold into its weights instead of into [B, T, E] activations:
@@ -309,31 +369,64 @@ class MLP(nn.Module):
         return self.dropout(y)
 
 
+# The hard-concrete gate (Louizos et al. 2018): temperature beta and the stretch (gamma, zeta) past [0, 1]
+# that lets a gate sit at exactly 0 or 1 with non-zero probability
+HC_BETA, HC_GAMMA, HC_ZETA = 2 / 3, -0.1, 1.1
+ATTN_GATE_INIT = 1.0  # log alpha at the start: P(open) = 0.93, every layer attends
+
+
 class Block(nn.Module):
-    def __init__(self, config, owns_kv=True):
+    def __init__(self, config, layer=0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, owns_kv)
+        owns_kv = layer % config.kv_share == 0
+        self.has_attn = layer in config.attention_layers
+        if self.has_attn:
+            self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+            self.attn = CausalSelfAttention(config, owns_kv)
         if not config.mlp_disabled:
             self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-            self.mlp = MLP(config)
+            self.mlp = MLP(config, self.has_attn)
         self.use_route = config.use_route_gate
         if self.use_route:
             self.route_raw = nn.Parameter(torch.tensor(float(config.init_route_gate)))
             # moved by apply_route_annealing, never by the optimizer; saved in checkpoints, because
             # a trained model must be sampled and evaluated with the bias it was trained with
             self.register_buffer("route_bias", torch.zeros(()))
+        self.use_gate = config.attn_budget is not None and self.has_attn
+        if self.use_gate:
+            self.attn_log_alpha = nn.Parameter(torch.tensor(ATTN_GATE_INIT))
+            # -1: the gate is learned; 0 or 1: fixed (training's last phase), so the model is deterministic
+            self.register_buffer("attn_gate_fixed", torch.tensor(-1.0))
 
     def route_gate(self):
         return torch.sigmoid(self.route_raw + self.route_bias)
 
+    def attn_gate(self, shape=()):
+        """z in [0, 1], the attention branch's multiplier: in training a hard-concrete sample per token
+        (`shape`, (B, T, 1)), which averages the gate's gradient over the batch as dropout's mask does;
+        in evaluation its deterministic value; or the fixed 0 or 1. Tensor ops only: no host sync."""
+        log_alpha = self.attn_log_alpha
+        if self.training:
+            u = torch.rand(shape, device=log_alpha.device).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / HC_BETA)
+        else:
+            s = torch.sigmoid(log_alpha)
+        z = (s * (HC_ZETA - HC_GAMMA) + HC_GAMMA).clamp(0.0, 1.0)
+        return torch.where(self.attn_gate_fixed >= 0, self.attn_gate_fixed, z)
+
+    def attn_open_probability(self):
+        """P(z > 0) of the hard-concrete gate: what the budget constrains."""
+        return torch.sigmoid(self.attn_log_alpha - HC_BETA * math.log(-HC_GAMMA / HC_ZETA))
+
     def forward(self, x, cache=None, skip_attn=False, kv=None, need_kv=False):
-        """(x_next, (k, v)): the block's output, and the K and V its attention used (None when pruned).
-        kv: the group's K and V, for a CLA layer that does not own them; need_kv: this layer's attention
-        is pruned (skip_attn), but later layers of its group still use its K and V."""
+        """(x_next, (k, v)): the block's output, and the K and V its attention used (None when pruned
+        or absent). kv: the group's K and V, for a CLA layer that does not own them; need_kv: this
+        layer's attention is pruned (skip_attn), but later layers of its group still use its K and V."""
         a = None
-        if not skip_attn or need_kv:
+        if self.has_attn and (not skip_attn or need_kv):
             a, kv = self.attn(self.ln_1(x), cache, kv, skip=skip_attn)
+            if a is not None and self.use_gate:
+                a = self.attn_gate(a.shape[:2] + (1,)).to(a.dtype) * a
         h = x if a is None else x + a
         if not hasattr(self, "mlp"):
             return h, kv
@@ -355,12 +448,20 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, owns_kv=i % config.kv_share == 0) for i in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        if config.attn_budget is not None:
+            # Lagrange multipliers (lambda_1, lambda_2) of the budget: trained by gradient ascent (their own
+            # optimizer group), so they grow until the expected number of open gates meets the budget
+            self.budget_lambda = nn.Parameter(torch.zeros(2))
+            # the number of open gates asked for now: from every attention layer down to the budget's k
+            # over a warmup (apply_budget_schedule), as CoFi's Lagrangian warmup, so that the gates part
+            # by what the loss says of each layer rather than all falling together
+            self.register_buffer("budget_target", torch.tensor(float(config.attn_budget_layers)))
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if pn.endswith("c_proj.weight"):
@@ -410,9 +511,19 @@ class GPT(nn.Module):
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            if self.training and self.config.attn_budget is not None:
+                loss = loss + self.budget_penalty()
         else:
             logits, loss = self.lm_head(x[:, [-1], :]), None
         return logits, loss
+
+    def budget_penalty(self):
+        """lambda_1 (E - k) + lambda_2 (E - k)^2, E the expected number of open attention gates and k
+        the budget's; zero once the gates are fixed (the last phase of training)."""
+        gated = [b for b in self.transformer.h if b.use_gate]
+        excess = sum(b.attn_open_probability() for b in gated) - self.budget_target
+        learned = (gated[0].attn_gate_fixed < 0).to(excess.dtype)
+        return learned * (self.budget_lambda[0] * excess + self.budget_lambda[1] * excess ** 2)
 
     def crop_block_size(self, block_size):
         """Shrink the context (e.g. pretrained GPT-2's 1024) by dropping position embeddings."""
@@ -421,15 +532,23 @@ class GPT(nn.Module):
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # ---------------------------------------------------------------- optimizer, MFU
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, gate_lr_scale=50.0):
         """AdamW; weight decay on the weight matrices of Linear and Embedding layers only. Lens
-        gates and u are 2-D too, but they are gates, not weights: they are never decayed."""
+        gates and u are 2-D too, but they are gates, not weights: they are never decayed. With
+        attn_budget, the gates' log alpha and the multipliers have groups of their own at gate_lr_scale
+        times the learning rate (each group's "lr_scale"; a gate must travel several units of log alpha
+        in one run), the multipliers with maximize=True: gradient ascent."""
         decay_ids = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        gate_ids = {id(b.attn_log_alpha) for b in self.transformer.h if b.use_gate}
+        lam = getattr(self, "budget_lambda", None)
+        params = [p for p in self.parameters() if p.requires_grad and p is not lam]  # tied weights appear once
         decay = [p for p in params if id(p) in decay_ids]
-        no_decay = [p for p in params if id(p) not in decay_ids]
-        groups = [{"params": decay, "weight_decay": weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = [p for p in params if id(p) not in decay_ids | gate_ids]
+        groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+        if lam is not None:
+            groups += [{"params": [p for p in params if id(p) in gate_ids], "weight_decay": 0.0, "lr_scale": gate_lr_scale},
+                       {"params": [lam], "weight_decay": 0.0, "lr_scale": gate_lr_scale, "maximize": True}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
@@ -439,7 +558,7 @@ class GPT(nn.Module):
         adds no width); PV at D (V's zero padding, where a kernel needs it, is not model arithmetic)."""
         cfg, D = self.config, self.config.n_embd // self.config.n_head
         qk = D * (1 + cfg.use_reciprocity)
-        return 6 * self.get_num_params() + 6 * cfg.n_layer * cfg.block_size * cfg.n_head * (qk + D)
+        return 6 * self.get_num_params() + 6 * len(cfg.attention_layers) * cfg.block_size * cfg.n_head * (qk + D)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
         """Model FLOPs utilization as a fraction of `peak_flops` (default: A100 bf16, as nanoGPT)."""
@@ -479,8 +598,11 @@ class GPT(nn.Module):
         args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                     block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True, tie_embeddings=True)
         act = hf.get("activation_function", "gelu_new")
-        if act != "gelu_new" or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"only GPT-2's gelu_new and layer_norm_epsilon=1e-5 are supported, got {act}")
+        gelus = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+        if act not in gelus or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise ValueError(f"only GPT-2's GELUs ({', '.join(gelus)}) and layer_norm_epsilon=1e-5 are supported, "
+                             f"got {act}")
+        args["mlp_activation"] = gelus[act]
         args.update(n_kv_head=args["n_head"], kv_share=1)  # GPT-2 has a K and V for every head and layer
         for k, v in overrides.items():
             if k in args and v != args[k]:
@@ -553,24 +675,29 @@ def compiled_decode_step(device_type):
     return _compiled[device_type]
 
 
+def attends(cfg, i, attn_skip_layers=()):
+    """Whether layer i attends: it has attention (attn_layers) and it is not pruned."""
+    return i not in attn_skip_layers and (cfg.attn_layers is None or i in cfg.attn_layers)
+
+
 def feeds_group(cfg, i, attn_skip_layers=()):
     """Whether layer i owns its CLA group's K and V and some layer of the group still attends
     (then its K and V are computed and cached even where its own attention is pruned)."""
     group = range(i, min(i + cfg.kv_share, cfg.n_layer))
-    return i % cfg.kv_share == 0 and any(j not in attn_skip_layers for j in group)
+    return i % cfg.kv_share == 0 and any(attends(cfg, j, attn_skip_layers) for j in group)
 
 
 def kv_layer_values(cfg, form, attn_skip_layers=()):
     """Values one token costs in each layer's cache. Form "kv": K and V for n_kv_head heads in the
     layer that owns them (every layer, or a CLA group's first), and the layer's own Q with
     reciprocity (S^T needs q_j of past tokens). Form "input": ln_1(x), n_embd values, in the layer
-    that owns K and V. A pruned layer keeps nothing of its own; a group's K/V (or input) stay while
-    any layer of the group attends."""
+    that owns K and V. A pruned or attention-free layer keeps nothing of its own; a group's K/V (or
+    input) stay while any layer of the group attends."""
     D = cfg.n_embd // cfg.n_head
     values = []
     for i in range(cfg.n_layer):
         shared = feeds_group(cfg, i, attn_skip_layers) * (cfg.n_embd if form == "input" else 2 * cfg.n_kv_head * D)
-        own_q = form == "kv" and cfg.use_reciprocity and i not in attn_skip_layers
+        own_q = form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers)
         values.append(shared + own_q * cfg.n_head * D)
     return values
 
@@ -604,7 +731,7 @@ class KVCache:
     for multi-head reciprocity K~ = [k | q] is one buffer that decoding reads as it is. Form "input"
     keeps the layer's input x^ = ln_1(x) (n_embd values per token) and decodes with the projections
     absorbed into the query: exact, and half the baseline's bytes. Discoverability needs nothing
-    (d_j comes from K, or from x^), and a pruned layer keeps nothing in either form."""
+    (d_j comes from K, or from x^), and a pruned or attention-free layer keeps nothing in either form."""
 
     def __init__(self, model, batch_size, max_len=None, attn_skip_layers=(), form="auto", dtype=None):
         model = unwrap(model)
@@ -621,11 +748,11 @@ class KVCache:
                      else model.lm_head.weight.dtype)
         self.layers, group = [], None
         for i, block in enumerate(model.transformer.h):
-            if block.attn.owns_kv:
+            if i % cfg.kv_share == 0:
                 group = None  # a new CLA group (every layer is one without CLA)
-            attends = i not in self.attn_skip_layers
-            if attends or feeds_group(cfg, i, self.attn_skip_layers):
-                self.layers.append(self._layer(block.attn, attends, group, device, dtype))
+            on = attends(cfg, i, self.attn_skip_layers)
+            if on or feeds_group(cfg, i, self.attn_skip_layers):
+                self.layers.append(self._layer(block.attn, on, group, device, dtype))
                 group = group or self.layers[-1]
             else:
                 self.layers.append(None)
@@ -719,11 +846,15 @@ MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
 def load_base_weights(model, sd):
     """Copy GPT-2 weights `sd` (our layout) into `model`, whose lens mechanisms keep their init.
     Any GPT-2 weight the model needs but `sd` lacks, or a shape mismatch, is an error; an MLP that
-    `model` does not have (mlp_disabled) is dropped."""
+    `model` does not have (mlp_disabled), or attention it does not have (attn_layers), is dropped."""
     target = model.state_dict()
+    dropped = {f"transformer.h.{i}.{part}." for i in range(model.config.n_layer)
+               if i not in model.config.attention_layers for part in ("attn", "ln_1")}
     for k, v in sd.items():
         if k not in target:
             if model.config.mlp_disabled and (".mlp." in k or ".ln_2." in k):
+                continue
+            if k.startswith(tuple(dropped)):  # attention removed from this layer (attn_layers)
                 continue
             raise ValueError(f"unexpected weight {k} in the source state dict")
         if target[k].shape != v.shape:
@@ -783,6 +914,20 @@ def apply_route_annealing(model, step, cfg=None):
     return bias
 
 
+def apply_budget_schedule(model, step, warmup):
+    """Set the budget's target number of open gates for `step`: every attention layer at 0, then
+    linear to round(attn_budget * attention layers) at `warmup`, constant after (a no-op without a
+    budget). Returns the target."""
+    model = unwrap(model)
+    cfg = model.config
+    if cfg.attn_budget is None:
+        return None
+    n, k = len(cfg.attention_layers), cfg.attn_budget_layers
+    target = k if step >= warmup else n - (n - k) * step / max(warmup, 1)
+    model.budget_target.fill_(target)
+    return target
+
+
 def _route_gates(model):
     model = unwrap(model)
     if not model.config.use_route_gate:
@@ -803,10 +948,12 @@ def analyze_route_gates(model):
 
 @torch.no_grad()
 def analyze_lens_gates(model):
-    """Mean lens weights over heads and layers, and per layer and head. A disabled term's weight
-    is exactly 0 (and w_std is 1 when no term is enabled)."""
+    """Mean lens weights over heads and layers, and per attention layer and head. A disabled term's
+    weight is exactly 0 (and w_std is 1 when no term is enabled)."""
     layers = []
     for block in unwrap(model).transformer.h:
+        if not block.has_attn:
+            continue
         w = [t.tolist() for t in block.attn.lens_weights()]
         layers.append({"w_std": w[0], "w_rec": w[1], "w_disc": w[2]})
     out = {}
@@ -818,15 +965,73 @@ def analyze_lens_gates(model):
 
 
 @torch.no_grad()
+def analyze_attn_gates(model):
+    """The attention gates of an attn_budget model: per attention layer its P(open) and its value z
+    in evaluation; E, the expected number of open gates; k, the budget's; whether they are fixed."""
+    model = unwrap(model)
+    if model.config.attn_budget is None:
+        raise ValueError("this model has no attention gates (attn_budget is not set)")
+    gated = [(i, b) for i, b in enumerate(model.transformer.h) if b.use_gate]
+    was = model.training
+    model.eval()
+    z = {i: b.attn_gate().item() for i, b in gated}
+    model.train(was)
+    p = {i: b.attn_open_probability().item() for i, b in gated}
+    return {"expected_open": sum(p.values()), "budget_layers": model.config.attn_budget_layers,
+            "fixed": all(b.attn_gate_fixed.item() >= 0 for _, b in gated), "p_open": p, "z": z}
+
+
+@torch.no_grad()
+def fix_attn_gates(model):
+    """The last phase of budget training: the k gates with the largest log alpha open (z = 1), the
+    others closed (z = 0), from now on. Returns the open layers."""
+    model = unwrap(model)
+    gated = [(i, b) for i, b in enumerate(model.transformer.h) if b.use_gate]
+    ranked = sorted(gated, key=lambda ib: (-ib[1].attn_log_alpha.item(), ib[0]))
+    open_layers = sorted(i for i, _ in ranked[:model.config.attn_budget_layers])
+    for i, b in gated:
+        b.attn_gate_fixed.fill_(float(i in open_layers))
+    return open_layers
+
+
+@torch.no_grad()
+def remove_closed_attention(model):
+    """The static attn_layers model that an attn_budget model with fixed gates is: closed layers lose
+    their attention (and ln_1), open ones keep it with z = 1, the gates and multipliers go. Its logits
+    are those of `model`, exactly. Gates not yet fixed are a ValueError."""
+    model = unwrap(model)
+    cfg = model.config
+    if cfg.attn_budget is None:
+        return model
+    stats = analyze_attn_gates(model)
+    if not stats["fixed"]:
+        raise ValueError(f"the attention gates are not yet deterministic (P(open) "
+                         f"{', '.join(f'{p:.2f}' for p in stats['p_open'].values())}): training fixes them to 0 "
+                         f"or 1 from attn_gate_fix_iter on; resume the run to its end first")
+    keep = tuple(i for i, z in stats["z"].items() if z == 1.0)
+    new = GPT(replace(cfg, attn_layers=keep, attn_budget=None)).to(model.lm_head.weight.device)
+    target = new.state_dict()
+    sd = {k: v for k, v in model.state_dict().items() if k in target}
+    new.load_state_dict(sd)
+    return new.train(model.training)
+
+
+@torch.no_grad()
 def attention_contribution(model, idx):
     """Per layer: the norm of the attention branch (g a, or a) over the norm of the block's whole
-    update (x_next - x), on the batch idx. Low means the block leans on its MLP: a pruning candidate."""
+    update (x_next - x), on the batch idx (None for a layer without attention). Low means the block
+    leans on its MLP: a pruning candidate."""
     model = unwrap(model)
     tr = model.transformer
     x = tr.drop(tr.wte(idx) + tr.wpe(torch.arange(idx.size(1), device=idx.device)))
     ratios, kv = [], None
     for block in tr.h:
+        if not block.has_attn:  # nothing to remove
+            x, kv = block(x, kv=kv)
+            ratios.append(None)
+            continue
         a, _ = block.attn(block.ln_1(x), kv=kv)
+        a = block.attn_gate(a.shape[:2] + (1,)) * a if block.use_gate else a
         branch = block.route_gate() * a if block.use_route else a
         x_next, kv = block(x, kv=kv)
         ratios.append((branch.norm() / (x_next - x).norm()).item())

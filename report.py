@@ -11,7 +11,6 @@ interval, and the p-value with Holm's correction across the study's configs. The
 interval: better, worse, or no difference detected.
 """
 import glob
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ import sys
 import warnings
 
 from configurator import ablation_names, configure
+from records import atomic_write, check_writable, load_record, write_json, write_text
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(ROOT, "README.md")
@@ -32,10 +32,7 @@ readme = True  # rewrite the README's report blocks from results/
 
 def load_records(study):
     """Every run record of a study folder, in the study's config order (baseline first), then by seed."""
-    records = []
-    for path in glob.glob(os.path.join(study, "*", "seed*.json")):
-        with open(path) as f:
-            records.append(json.load(f))
+    records = [load_record(path) for path in glob.glob(os.path.join(study, "*", "seed*.json"))]
     order = {n: i for i, n in enumerate(ablation_names("all"))}
     return sorted(records, key=lambda r: (order.get(r["config"], len(order)), r["config"], r["seed"]))
 
@@ -103,17 +100,21 @@ def summarize(records):
              "params": rs[0]["params"], "tokens": rs[0]["tokens_seen"], "model": rs[0]["model"],
              "losses": [r["best_val_loss"] for r in rs]}
         s["loss"], s["loss_std"] = mean_std(s["losses"])
-        for ranking in ("route_gate", "contribution"):
+        for ranking in RANKINGS:
             vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
             s[f"half_val_loss_{ranking}"] = statistics.mean(vals) if vals else None
-        # the pruning curve, averaged over seeds, in the order that keeps the most (lower mean loss)
+        s["attn_layers"] = [r.get("attn_layers", list(range(r["model"]["n_layer"]))) for r in rs]
+        # the pruning curve, averaged over seeds, in the best honest order: greedy (chosen on training
+        # batches) where the records have it, else by contribution. Choosing the order by the loss the
+        # curve reports would select on the test batches
         curves = {}
         for row in rs[0]["pruning"]:
             same = [p for r in rs for p in r["pruning"] if p["ranking"] == row["ranking"] and len(p["layers"]) == len(row["layers"])]
             curves.setdefault(row["ranking"], []).append(
                 {"k": len(row["layers"]), "kv": row["kv_bytes_per_token"], "loss": [p["val_loss"] for p in same],
                  "acc": [p["val_acc"] for p in same] if recall else None})
-        s["curve"] = min(curves.values(), key=lambda c: sum(sum(p["loss"]) for p in c))
+        s["ranking"] = next(r for r in ("greedy", "contribution") if r in curves)
+        s["curve"] = curves[s["ranking"]]
         if recall:
             s["accs"] = [r["eval_val_acc"] for r in rs]
             s["acc"], s["acc_std"] = mean_std(s["accs"])
@@ -129,12 +130,23 @@ def summarize(records):
     return S, names, recall
 
 
+RANKINGS = ("greedy", "route_gate", "contribution")  # the pruning orders a record may hold
+SHARES = (0.5, 0.25, 0.125, 0.0625)  # the best-cache tables: shares of the baseline's 16-bit K/V bytes
 QUESTIONS = {"reciprocity": "Does reciprocity help?", "discoverability": "Does discoverability help?",
              "lens": "Do reciprocity and discoverability together help?", "full": "Does every mechanism together help?",
              "attn_only": "Can attention-only work?", "route_annealed": "Does an annealed route gate change the loss?",
              "route_free": "Does a freely learned route gate change the loss?",
              "gqa": "What does grouped-query attention cost?", "mqa": "What does multi-query attention cost?",
-             "cla": "What does sharing K/V across adjacent layers (CLA) cost?"}
+             "cla": "What does sharing K/V across adjacent layers (CLA) cost?",
+             "attn_first_half": "What does attention in the first half of the layers only cost?",
+             "attn_first_half_iso": "The same at the baseline's parameter count?",
+             "attn_first_layer": "What does attention in layer 0 only cost?",
+             "attn_first_half_mqa": "Attention in the first half, multi-query?",
+             "attn_first_layer_mqa": "Attention in layer 0 only, multi-query?",
+             "attn_first_layer_reciprocity": "Attention in layer 0 only, with reciprocity?",
+             "attn_budget_half": "Learned placement, half the layers?",
+             "attn_budget_quarter": "Learned placement, a quarter of the layers?",
+             "route_budget_half": "The route gate made able to close (half the layers)?"}
 
 
 def fmt(v, spec=".4f"):
@@ -151,11 +163,11 @@ def cache_points(S, names, measure):
         for form, b in s["kv"].items():
             vals = s["curve"][0][measure]
             pts.append((b, *mean_std(vals), f"{n} in the {'K/V' if form == 'kv' else 'input'} form", n, vals))
-        for p in s["curve"][1:-1]:  # 1 .. L-1 layers pruned
+        for p in s["curve"][1:-1]:  # 1 .. L-1 of its attention layers pruned
             form = min(p["kv"], key=p["kv"].get)
             pts.append((p["kv"][form], *mean_std(p[measure]),
-                        f"{n} with {p['k']} layers' attention pruned ({'K/V' if form == 'kv' else 'input'} form)",
-                        n, p[measure]))
+                        f"{n} with {p['k']} layers' attention pruned, {s['ranking']} order "
+                        f"({'K/V' if form == 'kv' else 'input'} form)", n, p[measure]))
     return pts
 
 
@@ -189,14 +201,16 @@ def report(records, study):
              "Delta: against the baseline, the difference of means with its 95% confidence interval (Welch's t) "
              "and the p-value with Holm's correction across the configs. KV: cache bytes per token at 16-bit "
              "precision, in the K/V form and in the input form (exact; `-` where a config cannot use it). Half "
-             "pruned: validation loss with attention removed from half the layers, lowest route gate or lowest "
-             "measured contribution first." + (" Recall acc: the share of answers predicted exactly on the "
+             "pruned: validation loss with attention removed from half of the layers that have it, in the greedy "
+             "order (each step removes the layer whose removal costs least on training batches, never on the "
+             "reported ones), lowest route gate first, or lowest measured contribution first (`n/a`: a record "
+             "made before that order existed)." + (" Recall acc: the share of answers predicted exactly on the "
                                                f"validation set (chance {records[0]['chance_accuracy']:.4f})." if recall else ""),
              "",
              "| config | seeds | params | loss | delta [95% CI] | p (Holm) | K/V B/token | input B/token | "
-             "half pruned (gate) | half pruned (contribution) |" + (" recall acc | delta acc [95% CI] | p (Holm) | "
-                                                                    "no attention acc |" if recall else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if recall else "")]
+             "half pruned (greedy) | half pruned (gate) | half pruned (contribution) |"
+             + (" recall acc | delta acc [95% CI] | p (Holm) | no attention acc |" if recall else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if recall else "")]
 
     def delta(t, p):
         return "- | -" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}] | {p:.2g}"
@@ -205,7 +219,8 @@ def report(records, study):
         s = S[n]
         row = (f"| {n} | {s['n']} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['loss_std'])} | "
                f"{delta(s.get('test'), s.get('test_p'))} | {s['kv']['kv']:,} | {fmt(s['kv'].get('input'), ',')} | "
-               f"{fmt(s['half_val_loss_route_gate'])} | {fmt(s['half_val_loss_contribution'])} |")
+               f"{fmt(s['half_val_loss_greedy'])} | {fmt(s['half_val_loss_route_gate'])} | "
+               f"{fmt(s['half_val_loss_contribution'])} |")
         if recall:
             row += f" {s['acc']:.4f} +- {fmt(s['acc_std'])} | {delta(s.get('acc_test'), s.get('acc_test_p'))} | {s['acc_none']:.4f} |"
         lines.append(row)
@@ -222,7 +237,7 @@ def report(records, study):
     measure = "acc" if recall else "loss"
     ref = base["curve"][0][measure]  # the baseline with its whole cache, on the same batches as every point
     pts = cache_points(S, names, measure)
-    for share in (0.5, 0.25):
+    for share in SHARES:
         budget = int(share * kv0)
         # each config's best way into the budget (a cache form, or pruning), best first
         best = {}
@@ -249,6 +264,7 @@ def report(records, study):
             answer += (f"; against the next best, {rows[1][3]} ({rows[1][1]:.4f}), "
                        f"{verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
         answers.append(answer + ".")
+    answers += placement_answers(S, names, measure, recall)
     if recall:
         answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
                        f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0]['chance_accuracy']:.4f}).")
@@ -264,6 +280,30 @@ def report(records, study):
                          f"{f'{min(got)} .. {max(got)}' if got else '-'} |")
         answers.append("- Does discoverability delay or block learning the lookup? " + discoverability_answer(S, names))
     return lines + ["", "Answers:", ""] + answers
+
+
+def placement_answers(S, names, measure, recall):
+    """Where attention must stay: the layers that the learned gates kept (per seed), and what pruning
+    the baseline in the greedy order removes first."""
+    out = []
+    learned = [n for n in names if S[n]["model"].get("attn_budget") is not None]
+    for n in learned:
+        kept = {}
+        for layers in S[n]["attn_layers"]:
+            kept[tuple(layers)] = kept.get(tuple(layers), 0) + 1
+        out.append(f"- Where must attention stay? {n} ({S[n]['model']['attn_budget']} of {S[n]['model']['n_layer']} "
+                   f"layers) kept attention in layers " + ", ".join(f"{list(k)} ({c} of {S[n]['n']} seeds)"
+                                                                   for k, c in sorted(kept.items(), key=lambda kc: -kc[1])) + ".")
+    base = S["baseline"]
+    if base["ranking"] == "greedy" and len(base["curve"]) > 2:
+        first = base["curve"][1]
+        out.append(f"- Pruning the trained baseline in the greedy order: one layer's attention removed costs "
+                   f"{statistics.mean(first[measure]) - statistics.mean(base['curve'][0][measure]):+.4f} "
+                   f"({'recall accuracy' if recall else 'validation loss'}), half of them "
+                   f"{statistics.mean(base['curve'][len(base['curve']) // 2][measure]) - statistics.mean(base['curve'][0][measure]):+.4f}"
+                   + (f"; in the contribution order half cost {base['half_val_loss_contribution'] - statistics.mean(base['curve'][0]['loss']):+.4f}"
+                      if base["half_val_loss_contribution"] is not None and not recall else "") + ".")
+    return out
 
 
 def discoverability_answer(S, names):
@@ -339,7 +379,7 @@ def plot(records, path, title):
                title="o K/V form, s input form,\nx attention pruned", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return True
 
@@ -347,8 +387,7 @@ def plot(records, path, title):
 # ----------------------------------------------------------------------------- files
 def study_info(study):
     """study.json: the study's title, overlay, train.py arguments and the ablate.py commands that made it."""
-    with open(os.path.join(study, "study.json")) as f:
-        return json.load(f)
+    return load_record(os.path.join(study, "study.json"))
 
 
 def write_study(study):
@@ -358,10 +397,8 @@ def write_study(study):
         raise SystemExit(f"error: {study} holds no run records")
     info = study_info(study)
     lines = report(records, info)
-    with open(os.path.join(study, "results.json"), "w") as f:
-        json.dump(records, f, indent=1)
-    with open(os.path.join(study, "report.md"), "w") as f:
-        f.write("# Ablation report\n\n" + "\n".join(lines) + "\n")
+    write_json(os.path.join(study, "results.json"), records)
+    write_text(os.path.join(study, "report.md"), "# Ablation report\n\n" + "\n".join(lines) + "\n")
     plot(records, os.path.join(study, "loss_vs_kv.png"), info["title"])
     return lines
 
@@ -383,8 +420,7 @@ def update_readme(path=README):
     with open(path) as f:
         text = f.read()
     new = BLOCK.sub(lambda m: m.group(1) + block_text(m.group(2)) + m.group(4), text)
-    with open(path, "w") as f:
-        f.write(new)
+    write_text(path, new)
     return sorted(readme_blocks(text))
 
 
@@ -394,6 +430,10 @@ if __name__ == "__main__":
     for study in folders:
         if not os.path.isfile(os.path.join(study, "study.json")):
             raise SystemExit(f"error: {study} is not a study folder (no study.json)")
+        check_writable(study, "studies")
+    if readme:
+        check_writable(README, "README", is_dir=False)
+    for study in folders:
         print("\n".join(write_study(study)))
         print(f"wrote {study}/results.json, report.md, loss_vs_kv.png\n")
     if readme:

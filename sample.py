@@ -16,7 +16,7 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, require, setup_device
 from evaluate import dataset_meta
-from model import GPT, cache_form
+from model import GPT, analyze_attn_gates, cache_form, remove_closed_attention
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (from out_dir) or a GPT-2 name / local Hugging Face directory
@@ -50,6 +50,9 @@ if init_from == "resume":
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
     model = model_from_checkpoint(checkpoint, ckpt_path)
+    if model.config.attn_budget is not None and analyze_attn_gates(model)["fixed"]:
+        model = remove_closed_attention(model)  # the same logits, and nothing cached for the closed layers
+        print(f"attention gates fixed: attention in layers {list(model.config.attn_layers)} only")
     dataset = checkpoint["config"].get("dataset")
     meta = dataset_meta(dataset) or None
 else:

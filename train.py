@@ -9,6 +9,7 @@ $ torchrun --standalone --nproc_per_node=8 train.py config/ablation_full.py conf
 Every source of randomness (batches, dropout) is a function of (seed, iteration, micro-step), so a
 resumed run continues exactly where the interrupted one was, on any number of processes.
 """
+import fcntl
 import hashlib
 import math
 import os
@@ -19,10 +20,12 @@ from dataclasses import fields
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_args_of, model_from_checkpoint, nonfinite, save_checkpoint
+from records import check_writable
 from configurator import configure, require, setup_device
 from evaluate import dataset_dir, dataset_meta, hits, load_split, window_starts, windows
-from model import SHAPE_KEYS, GPT, GPTConfig, analyze_lens_gates, analyze_route_gates, apply_route_annealing
+from model import (SHAPE_KEYS, GPT, GPTConfig, analyze_attn_gates, analyze_lens_gates, analyze_route_gates,
+                   apply_budget_schedule, apply_route_annealing, fix_attn_gates)
 
 # -----------------------------------------------------------------------------
 # defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases
@@ -65,6 +68,13 @@ mlp_ctx_alpha_init = 0.1
 mlp_ctx_conductor = False
 mlp_disabled = False
 mlp_expansion_ratio = 4.0
+mlp_activation = "tanh"  # the MLP's GELU: 'tanh' (GPT-2's gelu_new, Hugging Face) or 'exact' (nanoGPT, nn.GELU())
+attn_layers = None  # the layers with attention: None = all, a tuple of indices, or 'first_half'
+attn_free_mlp_iso = False  # attention-free layers' MLPs widened to a whole layer's parameters
+attn_budget = None  # share of the attention layers whose hard-concrete gate stays open (None = no gates)
+attn_gate_lr_scale = 50.0  # the gates' and the budget multipliers' learning rate, in units of learning_rate
+attn_budget_warmup_iter = 500  # the budget's target falls from every layer to its share over these iterations (the first 10%)
+attn_gate_fix_iter = 1000  # from here on the gates are fixed to 0/1 (the last 80%), so the model trains on with what it keeps
 tie_embeddings = True  # False: separate lm_head, unit-scale embeddings (config/recall.py)
 # AdamW
 learning_rate = 1e-3
@@ -85,7 +95,9 @@ dtype = None  # None: bfloat16 where supported on CUDA, else float16 on CUDA, fl
 compile = None  # None: on for CUDA only
 # -----------------------------------------------------------------------------
 # a run that changes max_iters keeps its schedule in place: decay and annealing window scale with it
-config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": ("lr_decay_iters", "route_anneal_start", "route_anneal_end")})
+FOLLOW_MAX_ITERS = ("lr_decay_iters", "route_anneal_start", "route_anneal_end", "attn_budget_warmup_iter", "attn_gate_fix_iter")
+config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": FOLLOW_MAX_ITERS})
+command_line = {a[2:].partition("=")[0] for a in sys.argv[1:] if a.startswith("--")}  # what this command sets
 config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
 model_keys = [f.name for f in fields(GPTConfig)]
 # every GPTConfig field is a setting here (vocab_size comes from the dataset): a new field without one
@@ -109,6 +121,8 @@ require(
     (weight_decay >= 0 and grad_clip >= 0, "weight_decay and grad_clip must be >= 0"),
     (0 <= beta1 < 1 and 0 <= beta2 < 1, f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}"),
     (route_anneal_start <= route_anneal_end, "route_anneal_start must not exceed route_anneal_end"),
+    (attn_gate_lr_scale > 0 and min(attn_gate_fix_iter, attn_budget_warmup_iter) >= 0,
+     "attn_gate_lr_scale must be > 0, attn_gate_fix_iter and attn_budget_warmup_iter >= 0"),
     (compile in (None, True, False), f"compile must be True or False, got {compile!r}"),
 )
 
@@ -134,8 +148,20 @@ else:
 master = rank == 0
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 if master:
+    check_writable(out_dir)  # before any data is read or any model built
+    # one run per out_dir: an OS lock that the kernel drops when this process dies, however it dies
+    lock_file = open(os.path.join(out_dir, "train.lock"), "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        die(f"{out_dir} is in use by a live run (pid {holder}); wait for it, stop it, or choose another --out_dir")
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
     print(f"tokens per iteration: {tokens_per_iter:,}")
-    os.makedirs(out_dir, exist_ok=True)
 
 # -------------------------------------------------------------------- data
 data_dir = dataset_dir(dataset)
@@ -187,11 +213,22 @@ if init_from == "scratch":
         die(f"bad model settings: {e}")
 elif init_from == "resume":
     checkpoint = load_checkpoint(ckpt_path, map_location=device)
+    # extending a run (a larger max_iters): what a config derives from max_iters keeps the checkpoint's
+    # value unless this command line sets it, so the schedule goes on where it was
+    for k in FOLLOW_MAX_ITERS:
+        if k not in command_line and k in checkpoint["config"]:
+            globals()[k] = config[k] = checkpoint["config"][k]
+            if k in model_args:
+                model_args[k] = config[k]
+    try:
+        have, want = GPTConfig(**model_args_of(checkpoint)), GPTConfig(**model_args)
+    except (TypeError, ValueError) as e:
+        die(f"bad model settings for {ckpt_path}: {e}")
     for k in model_keys:  # the architecture comes from the checkpoint; a config that disagrees is an error
-        if k in checkpoint["model_args"] and k != "dropout" and checkpoint["model_args"][k] != model_args[k]:
-            want = checkpoint["model_args"][k]
-            die(f"{ckpt_path} was trained with {k}={want!r} but the config says {k}={model_args[k]!r}")
+        if k in checkpoint["model_args"] and k != "dropout" and getattr(have, k) != getattr(want, k):
+            die(f"{ckpt_path} was trained with {k}={getattr(have, k)!r} but the config says {k}={getattr(want, k)!r}")
     model = model_from_checkpoint(checkpoint, ckpt_path)
+    model_args = {**model_args_of(checkpoint), "dropout": dropout}
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     history = checkpoint.get("history", [])
 else:
@@ -207,7 +244,7 @@ if block_size > model.config.block_size:
     die(f"block_size={block_size} exceeds the model's {model.config.block_size}")
 model.to(device)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, attn_gate_lr_scale)
 if checkpoint is not None:
     optimizer.load_state_dict(checkpoint["optimizer"])
     if "scaler" in checkpoint:
@@ -261,6 +298,11 @@ def gate_stats():
     if raw_model.config.use_reciprocity or raw_model.config.use_discoverability:
         lens = analyze_lens_gates(raw_model)
         stats.update({k: v for k, v in lens.items() if k.startswith("mean_")})
+    if raw_model.config.attn_budget is not None:
+        gates = analyze_attn_gates(raw_model)
+        stats["attn_gates_open"] = gates["expected_open"]  # E, held to the budget's k
+        # P(open) while the gates learn; once fixed, the 0/1 they are fixed to
+        stats.update({f"attn_gate/{i}": p for i, p in (gates["z"] if gates["fixed"] else gates["p_open"]).items()})
     if raw_model.config.use_route_gate:
         route = analyze_route_gates(raw_model)
         stats.update({k: v for k, v in route.items() if k != "per_layer"})
@@ -290,35 +332,67 @@ if wandb_log and master:
         wandb_log = False
 
 
+last_saved = None  # the iteration of the last checkpoint this run wrote (or resumed from)
+if init_from == "resume":
+    last_saved = iter_num
+
+
 def save(losses):
-    """The training state after iter_num updates, atomically (resuming from it is exact)."""
-    save_checkpoint({
+    """The training state after iter_num updates, atomically (resuming from it is exact). Nothing
+    non-finite is ever written: such a state stops the run and the checkpoint there stays as it was."""
+    global last_saved
+    state = {
         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "val_loss": losses.get("val"), "train_loss": losses.get("train"),
         "val_acc": losses.get("val_acc"), "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
         "history": history,
-    }, ckpt_path)
+    }
+    bad = nonfinite({k: state[k] for k in ("model", "optimizer", "val_loss", "train_loss", "best_val_loss")})
+    if bad is not None:
+        diverged(iter_num, f"{bad} is not finite")
+    save_checkpoint(state, ckpt_path)
+    last_saved = iter_num
 
 
-# Ctrl-C (SIGINT) sets a flag; the loop stops between iterations, where the state is whole, saves it and
-# exits 130. A second Ctrl-C interrupts at once.
-interrupted = False
+def diverged(step, what):
+    """Stop a run whose loss or weights are no longer finite, saving nothing."""
+    if bar is not None:
+        bar.close()
+    if last_saved is None:
+        die(f"training diverged at iteration {step} ({what}); nothing was saved. Lower learning_rate or raise "
+            f"warmup_iters and start again")
+    die(f"training diverged at iteration {step} ({what}); the last good checkpoint, {ckpt_path} (iteration "
+        f"{last_saved}), is unchanged. Lower learning_rate or raise warmup_iters and resume with --init_from=resume")
 
 
-def on_sigint(signum, frame):
-    global interrupted
-    interrupted = True
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+# Ctrl-C (SIGINT), and what schedulers send before SIGKILL (SIGTERM: SLURM, Kubernetes, timeout; SIGUSR1:
+# SLURM's --signal), set a flag; the loop stops between iterations, where the state is whole, saves it and
+# exits 128 + the signal's number. A second Ctrl-C interrupts at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+stop_signal = 0  # the number of the signal that asked to stop, 0 for none
 
 
-def stop_anywhere(flag):
-    t = torch.tensor(float(flag), device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+def on_signal(signum, frame):
+    global stop_signal
+    stop_signal = stop_signal or signum
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-signal.signal(signal.SIGINT, on_sigint)
+def agree(flag, first_bad):
+    """(the stop signal, the first non-finite iteration) that any process has seen: every process of a
+    DDP run then stops at the same iteration. first_bad is a device tensor (inf: none); reading it is a
+    host sync, which happens only here."""
+    t = torch.stack([torch.tensor(float(flag), device=first_bad.device), -first_bad])
+    if ddp:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    sig, bad = int(t[0].item()), -t[1].item()
+    return sig, (None if math.isinf(bad) else int(bad))
+
+
+for signum in STOP_SIGNALS:
+    signal.signal(signum, on_signal)
 
 # -------------------------------------------------------------------- training loop
 bar = None
@@ -330,26 +404,40 @@ t0 = time.time()
 local_iter_num, running_mfu = 0, -1.0
 step_time, timed_iters = 0.0, 0  # for the mean time per training iteration kept in the checkpoint
 losses = {}
+# the first iteration whose loss (or clipped gradient norm) was not finite, kept on the device so that
+# checking it costs no host sync per step; inf while there is none
+first_bad = torch.tensor(float("inf"), device=device)
+# float16's GradScaler meets inf gradients by design (it skips the step and lowers the scale)
+check_grad_norm = grad_clip != 0.0 and dtype != "float16"
+# whether budget gates are still learned (not yet fixed, as a resumed run may find them): read once, no sync per step
+gates_learned = raw_model.config.attn_budget is not None and not analyze_attn_gates(raw_model)["fixed"]
 while True:
-    stop = interrupted
-    if ddp:  # every process stops at the same iteration (the next logged one), or the others would hang
-        stop = iter_num % log_interval == 0 and stop_anywhere(interrupted)
-    if stop:
+    # every process checks at the same iterations (logged, evaluated, last), and a single process at every
+    # iteration for a signal; the loss check syncs with the device only there
+    checkpoint_due = iter_num % log_interval == 0 or iter_num % eval_interval == 0 or iter_num >= max_iters
+    sig, bad = agree(stop_signal, first_bad) if checkpoint_due or (not ddp and stop_signal) else (0, None)
+    if bad is not None:
+        diverged(bad, "the training loss or gradient norm is not finite")
+    if sig:
         if bar is not None:
             bar.close()
         if master:
             save(losses)
-            print(f"interrupted: saved iteration {iter_num} to {ckpt_path}; resume with the same command and "
-                  f"--init_from=resume", flush=True)
+            print(f"interrupted ({signal.Signals(sig).name}): saved iteration {iter_num} to {ckpt_path}; resume with "
+                  f"the same command and --init_from=resume", flush=True)
         if wandb_log and master:
             wandb.finish()
         if ddp:
             destroy_process_group()
-        sys.exit(130)
+        sys.exit(128 + sig)
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # (checkpoints from before lr_scale: 1)
     apply_route_annealing(raw_model, iter_num)
+    apply_budget_schedule(raw_model, iter_num, attn_budget_warmup_iter)
+    if gates_learned and iter_num >= attn_gate_fix_iter:  # the last phase: deterministic gates, open or shut
+        log(f"step {iter_num}: attention gates fixed, open in layers {fix_attn_gates(raw_model)}")
+        gates_learned = False
 
     if iter_num % eval_interval == 0 or iter_num >= max_iters:
         if master:
@@ -358,7 +446,10 @@ while True:
                 {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_acc": losses["val_acc"]}]
             stats = gate_stats()
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                + (f", val acc {losses['val_acc']:.4f}" if scored else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
+                + (f", val acc {losses['val_acc']:.4f}" if scored else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k)
+                + (f", attention {'gates' if analyze_attn_gates(raw_model)['fixed'] else 'P(open)'} "
+                   + " ".join(f"{v:.2f}" for k, v in stats.items() if k.startswith("attn_gate/"))
+                   if raw_model.config.attn_budget is not None else ""))
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
                            "mfu": running_mfu * 100, **stats,
@@ -375,6 +466,7 @@ while True:
 
     # forward/backward over the micro-steps; rank r takes global micro-steps r, r + world_size, ...
     torch.manual_seed(stable_seed("dropout", iter_num, rank))
+    finite = torch.tensor(True, device=device)
     for micro_step in range(gradient_accumulation_steps):
         X, Y = get_batch("train", generator("train", iter_num, micro_step * world_size + rank))
         if ddp:  # sync gradients only on the last micro-step
@@ -382,10 +474,14 @@ while True:
         with ctx:
             logits, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps
+        finite = finite & torch.isfinite(loss.detach())
         scaler.scale(loss).backward()
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if check_grad_norm:
+            finite = finite & torch.isfinite(norm)
+    first_bad = torch.where(finite | torch.isfinite(first_bad), first_bad, float(iter_num))
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

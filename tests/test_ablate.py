@@ -3,6 +3,8 @@ Welch's interval as computed by hand, a second invocation trains nothing, and th
 are the report of results/."""
 import json
 import os
+import re
+import shutil
 import statistics
 
 import pytest
@@ -89,3 +91,20 @@ def test_readme_tables_are_the_reports_of_results():
 def test_report_errors(tmp_path):
     p = run("report.py", f"--studies={tmp_path}", "--readme=False", check=False)
     assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path} is not a study folder (no study.json)"
+    # a damaged record (a truncated copy): one line that names it and says what to do
+    study = tmp_path / "study"
+    shutil.copytree(os.path.join(ROOT, "results", "cpu"), study)
+    damaged = study / "baseline" / "seed1.json"
+    damaged.write_text(damaged.read_text()[:300])
+    p = run("report.py", f"--studies={study}", "--readme=False", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(damaged))} is not a readable record \(JSONDecodeError: .*\); delete it "
+                        r"and run ablate\.py again, which trains that run again", p.stderr.strip()), p.stderr
+
+
+def test_help_lists_settings_only():
+    """Module constants (upper case) are not settings: --help leaves them out, and --ROOT is unknown."""
+    p = run("report.py", "--help")
+    assert "--studies=" in p.stdout and "--ROOT" not in p.stdout and "--README" not in p.stdout
+    p = run("report.py", "--ROOT=/tmp", check=False)
+    assert p.returncode == 1 and p.stderr.strip().startswith("error: unknown config key 'ROOT'")

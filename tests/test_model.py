@@ -28,6 +28,12 @@ CONFIGS = {
     "full_mqa": dict(FULL, n_kv_head=1),
     "cla": dict(kv_share=2),
     "cla_lens": dict(use_reciprocity=True, use_discoverability=True, n_kv_head=2, kv_share=2),
+    # placement: attention only in layer 1 (layer 0 an MLP-only block), alone and with every mechanism and MQA
+    "attn_layer_1": dict(attn_layers=(1,)),
+    "attn_layer_1_full_mqa": dict(FULL, attn_layers=(1,), n_kv_head=1),
+    # learned placement: hard-concrete gates on attention (in evaluation: their deterministic value)
+    "attn_budget": dict(attn_budget=0.5),
+    "route_budget": dict(FULL, attn_budget=0.5),
 }
 
 
@@ -351,3 +357,75 @@ def test_lens_attention_trains_the_same_under_compile(name):
     assert torch.allclose(loss, loss_c, atol=1e-6)
     for a, b in zip(grads, grads_c):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+# 7. nanoGPT's checkpoints load exactly: its MLP uses the exact erf GELU ------------------------------------
+def nanogpt_reference_logits(sd, n_head, idx):
+    """karpathy/nanoGPT's model.py forward, written out from its state dict: LayerNorm (eps 1e-5), causal
+    attention, nn.GELU() (the exact erf form), tied lm_head."""
+    get = lambda k: sd.get(f"_orig_mod.{k}")
+    wte = get("transformer.wte.weight")
+    B, T = idx.shape
+    E = wte.size(1)
+    x = wte[idx] + get("transformer.wpe.weight")[:T]
+    ln = lambda x, p: F.layer_norm(x, (E,), get(f"{p}.weight"), get(f"{p}.bias"), 1e-5)
+    lin = lambda x, p: F.linear(x, get(f"{p}.weight"), get(f"{p}.bias"))
+    i = 0
+    while get(f"transformer.h.{i}.ln_1.weight") is not None:
+        p = f"transformer.h.{i}"
+        q, k, v = lin(ln(x, f"{p}.ln_1"), f"{p}.attn.c_attn").split(E, dim=2)
+        q, k, v = (t.view(B, T, n_head, E // n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, E)
+        x = x + lin(y, f"{p}.attn.c_proj")
+        x = x + lin(torch.nn.GELU()(lin(ln(x, f"{p}.ln_2"), f"{p}.mlp.c_fc")), f"{p}.mlp.c_proj")
+        i += 1
+    return F.linear(ln(x, "transformer.ln_f"), get("lm_head.weight"))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_nanogpt_checkpoint_matches_nanogpt(tmp_path, bias):
+    """A ckpt.pt as nanoGPT's train.py writes it (compiled: `_orig_mod.` keys; its causal-mask buffers; its
+    model_args) loads with the exact GELU, and its logits equal nanoGPT's own forward to 1e-5."""
+    from checkpoint import load_checkpoint, model_args_of, model_from_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    L, H, E, V, T = 2, 4, 32, 65, 24
+    shapes = {"ln_1.weight": (E,), "attn.c_attn.weight": (3 * E, E), "attn.c_proj.weight": (E, E),
+              "ln_2.weight": (E,), "mlp.c_fc.weight": (4 * E, E), "mlp.c_proj.weight": (E, 4 * E)}
+    if bias:
+        shapes.update({"ln_1.bias": (E,), "attn.c_attn.bias": (3 * E,), "attn.c_proj.bias": (E,), "ln_2.bias": (E,),
+                       "mlp.c_fc.bias": (4 * E,), "mlp.c_proj.bias": (E,)})
+    wte = 0.3 * torch.randn(V, E)
+    sd = {"transformer.wte.weight": wte, "transformer.wpe.weight": 0.3 * torch.randn(T, E), "lm_head.weight": wte,
+          "transformer.ln_f.weight": 1 + 0.1 * torch.randn(E)}
+    if bias:
+        sd["transformer.ln_f.bias"] = 0.1 * torch.randn(E)
+    for i in range(L):
+        for k, shape in shapes.items():
+            sd[f"transformer.h.{i}.{k}"] = (1 if k.startswith("ln") and k.endswith("weight") else 0) + 0.3 * torch.randn(shape)
+        sd[f"transformer.h.{i}.attn.bias"] = torch.ones(T, T).tril().view(1, 1, T, T)  # nanoGPT without flash
+    sd = {f"_orig_mod.{k}": v for k, v in sd.items()}
+    model_args = dict(n_layer=L, n_head=H, n_embd=E, block_size=T, bias=bias, vocab_size=V, dropout=0.0)
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint({"model": sd, "optimizer": {}, "model_args": model_args, "iter_num": 100, "best_val_loss": 1.5,
+                     "config": {"dataset": "shakespeare_char"}}, path)
+    ck = load_checkpoint(path)
+    assert model_args_of(ck)["mlp_activation"] == "exact"
+    model = model_from_checkpoint(ck, path).eval()
+    idx = torch.randint(0, V, (3, T))
+    with torch.no_grad():
+        ours, _ = model(idx, targets=idx)
+        theirs = nanogpt_reference_logits(sd, H, idx)
+        assert (ours - theirs).abs().max().item() <= 1e-5
+        model.config.mlp_activation = "tanh"  # GPT-2's GELU is measurably another model: the setting matters
+        for block in model.transformer.h:
+            block.mlp.approximate = "tanh"
+        assert (model(idx, targets=idx)[0] - theirs).abs().max().item() > 1e-4
+
+
+def test_old_lensgpt_checkpoints_keep_the_tanh_gelu():
+    from checkpoint import model_args_of
+    old = {"model_args": {**TINY, "use_reciprocity": False}}  # a lensgpt checkpoint from before mlp_activation
+    assert GPTConfig(**model_args_of(old)).mlp_activation == "tanh" == GPTConfig(**TINY).mlp_activation
+    assert GPTConfig(**TINY, mlp_activation="exact").mlp_activation == "exact"
+    with pytest.raises(ValueError, match="mlp_activation must be 'tanh' or 'exact'"):
+        GPTConfig(**TINY, mlp_activation="relu")

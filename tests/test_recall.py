@@ -126,7 +126,7 @@ def test_baseline_learns_recall_and_is_at_chance_without_attention(learn_data, t
     p = run("sample.py", f"--out_dir={out}", check=False)  # token ids, no text: a clear error
     assert p.returncode == 1 and "no text vocabulary" in p.stderr.strip().splitlines()[-1]
     p = run("train.py", "config/ablation_baseline.py", "config/recall.py", f"--dataset={LEARN}", "--block_size=16",
-            check=False)
+            f"--out_dir={tmp_path / 'short'}", check=False)
     assert p.returncode == 1 and "block_size=16 is shorter than the sequences" in p.stderr.strip().splitlines()[-1]
 
     # the pruning curve: attention removed from 0, 1, ..., 4 layers

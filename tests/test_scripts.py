@@ -68,6 +68,15 @@ BAD = [  # (script and arguments, the one line it must print)
     (["kv_cache_bench.py", "--contexts=a,b"], "error: contexts takes comma-separated token counts, got 'a,b'"),
     (["kv_cache_bench.py", "--decode_tokens=0"], "error: contexts must be >= 2, and the model's sizes"),
     (["kv_cache_bench.py", "--mem_budget=-1"], "error: throughput_steps must be >= 1, throughput_context and mem_budget"),
+    # a peer whose settings make it the baseline would be measured as a peer it is not
+    (["kv_cache_bench.py", "--configs=gqa", "--n_head=2", "--n_embd=32"],
+     "error: config/ablation_gqa.py at n_layer=6, n_head=2, n_embd=32 is the baseline (n_kv_head=2 changes nothing"),
+    (["bench.py", "--compare=gqa", "--n_head=2", "--n_embd=32"], "error: config/ablation_gqa.py at n_layer=6, n_head=2"),
+    # every output path is checked before any work: under a regular file nothing can be written
+    (["kv_cache_bench.py", "--json=README.md/kv.json"], "error: json=README.md/kv.json cannot be written ("),
+    (["kv_cache_bench.py", "--plot=README.md/kv.png"], "error: plot=README.md/kv.png cannot be written ("),
+    (["ablate.py", "--results=README.md/x"], "error: results=README.md/x cannot be written ("),
+    (["ablate.py", "--out_root=README.md/x", "--results=/tmp"], "error: out_root=README.md/x cannot be written ("),
 ]
 
 

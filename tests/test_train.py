@@ -18,7 +18,7 @@ def val_losses(stdout):
 
 
 def test_every_ablation_config_has_a_first_line_comment():
-    assert len(ABLATIONS) == 16
+    assert len(ABLATIONS) == 25
     for name in ABLATIONS:
         with open(os.path.join(ROOT, "config", name)) as f:
             assert f.readline().startswith("# "), name
@@ -90,8 +90,8 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
     (["--n_kv_head=4", "--n_head=6"], "n_kv_head=4 must divide n_head=6"),
     (["--init_from=resume", "--out_dir=/nonexistent/x"], "no checkpoint at /nonexistent/x/ckpt.pt"),
 ])
-def test_configuration_errors_are_one_line(args, message, char_data):
-    p = run("train.py", *args, "--device=cpu", check=False)
+def test_configuration_errors_are_one_line(args, message, char_data, tmp_path):
+    p = run("train.py", f"--out_dir={tmp_path}", *args, "--device=cpu", check=False)
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == [f"error: {message}"] or message in p.stderr.strip().splitlines()[-1]
     assert "Traceback" not in p.stderr
@@ -141,34 +141,126 @@ def test_wandb_offline_writes_files(char_data, tmp_path):
     assert runs, os.listdir(tmp_path)
 
 
-def test_ctrl_c_saves_and_resumes_exactly(char_data, tmp_path):
-    """SIGINT mid-run: a checkpoint at the interrupted iteration, one line saying how to resume, exit
-    130; resuming from it ends where an uninterrupted run ends, bit for bit."""
+SIGNAL_RUN = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--max_iters=300", "--eval_interval=100",
+              "--log_interval=1"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(char_data, tmp_path_factory):
+    """The uninterrupted run that every interrupted and resumed one must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    run("train.py", *SIGNAL_RUN, f"--out_dir={out}")
+    return load_checkpoint(str(out / "ckpt.pt"))
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_a_signal_saves_and_resumes_exactly(signame, straight_run, tmp_path):
+    """Ctrl-C (SIGINT), a scheduler's SIGTERM and SLURM's --signal (SIGUSR1) mid-run: a checkpoint at the
+    interrupted iteration, one line saying how to resume, exit 128 + the signal's number; resuming from it
+    ends where an uninterrupted run ends, bit for bit."""
     import signal
     import subprocess
     import sys
-    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--max_iters=300", "--eval_interval=100",
-              "--log_interval=1"]
-    run("train.py", *common, f"--out_dir={tmp_path / 'straight'}")
-    p = subprocess.Popen([sys.executable, "train.py", *common, f"--out_dir={tmp_path / 'cut'}"], cwd=ROOT,
+    sig = getattr(signal, signame)
+    p = subprocess.Popen([sys.executable, "train.py", *SIGNAL_RUN, f"--out_dir={tmp_path}"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in p.stdout:  # interrupt once training is under way
         if line.startswith("iter 20:"):
-            p.send_signal(signal.SIGINT)
+            p.send_signal(sig)
             break
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 130 and "Traceback" not in err, err
-    cut = load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 128 + sig and "Traceback" not in err, (p.returncode, err)
+    cut = load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert 20 < cut["iter_num"] < 300
-    assert out.strip().splitlines()[-1] == (f"interrupted: saved iteration {cut['iter_num']} to {tmp_path / 'cut' / 'ckpt.pt'}; "
-                                            "resume with the same command and --init_from=resume")
-    run("train.py", *common, f"--out_dir={tmp_path / 'cut'}", "--init_from=resume")
-    a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
-    b = load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))
+    assert out.strip().splitlines()[-1] == (f"interrupted ({signame}): saved iteration {cut['iter_num']} to "
+                                            f"{tmp_path / 'ckpt.pt'}; resume with the same command and --init_from=resume")
+    run("train.py", *SIGNAL_RUN, f"--out_dir={tmp_path}", "--init_from=resume")
+    a, b = straight_run, load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert a["iter_num"] == b["iter_num"] == 300
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_divergence_stops_and_keeps_the_good_checkpoint(char_data, tmp_path):
+    """A loss that turns non-finite stops the run at once with one line naming the iteration and the
+    last good checkpoint, whose bytes stay as they were; a run that diverges before any save saves nothing."""
+    run("train.py", *TINY, "--max_iters=10", "--eval_interval=10", f"--out_dir={tmp_path}")
+    good = (tmp_path / "ckpt.pt").read_bytes()
+    p = run("train.py", *TINY, "--max_iters=40", "--eval_interval=10", "--init_from=resume", "--learning_rate=1e6",
+            "--min_lr=1e6", "--grad_clip=0", f"--out_dir={tmp_path}", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: training diverged at iteration (\d+) \(the training loss or gradient norm is not "
+                        rf"finite\); the last good checkpoint, {re.escape(str(tmp_path / 'ckpt.pt'))} \(iteration 10\), "
+                        rf"is unchanged\. .*", line), line
+    assert (tmp_path / "ckpt.pt").read_bytes() == good
+    fresh = tmp_path / "fresh"
+    p = run("train.py", *TINY, "--max_iters=40", "--eval_interval=10", "--learning_rate=1e6", "--min_lr=1e6",
+            f"--out_dir={fresh}", check=False)
+    assert p.returncode == 1 and "nothing was saved" in p.stderr.strip().splitlines()[-1]
+    assert not (fresh / "ckpt.pt").exists()
+
+
+def test_a_checkpoint_is_never_written_with_non_finite_values(tmp_path):
+    from checkpoint import nonfinite
+    assert nonfinite({"model": {"w": torch.ones(2)}, "val_loss": 1.5, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}}}) is None
+    assert nonfinite({"model": {"h.0.w": torch.tensor([1.0, float("nan")])}}) == "model.h.0.w"
+    assert nonfinite({"model": {}, "val_loss": float("inf")}) == "val_loss"
+
+
+def test_one_run_per_out_dir(char_data, tmp_path):
+    """A live run holds an OS lock on its out_dir: a second run into it is refused in one line naming the
+    live run's pid; once the first is killed (SIGKILL: no chance to clean up) the next run starts."""
+    import signal
+    import subprocess
+    import sys
+    first = subprocess.Popen([sys.executable, "train.py", *TINY, "--max_iters=100000", "--log_interval=1",
+                              f"--out_dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in first.stdout:
+            if line.startswith("iter 1:"):
+                break
+        p = run("train.py", *TINY, "--max_iters=2", f"--out_dir={tmp_path}", check=False)
+        assert p.returncode == 1 and p.stderr.strip() == (
+            f"error: {tmp_path} is in use by a live run (pid {first.pid}); wait for it, stop it, or choose another --out_dir")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    p = run("train.py", *TINY, "--max_iters=2", "--eval_interval=2", f"--out_dir={tmp_path}")
+    assert "step 2:" in p.stdout
+
+
+def test_unwritable_out_dir_is_checked_first(tmp_path):
+    """Before any data or model: a dataset that does not exist is never reached."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    p = run("train.py", "--dataset=nope", f"--out_dir={blocker / 'out'}", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith(f"error: out_dir={blocker / 'out'} cannot be written (")
+
+
+def test_extending_a_finished_run(char_data, tmp_path):
+    """A 20-iteration run extended to 40, as nanoGPT users do: the iteration count goes on from 20, the
+    learning rate stays at min_lr after the decay that ended at 20, the annealing window is the first
+    run's (already over: the route bias stays at its target), and a contradicting setting is refused."""
+    common = ["config/ablation_route_annealed.py", *TINY, "--eval_interval=10", "--log_interval=5"]
+    run("train.py", *common, "--max_iters=20", f"--out_dir={tmp_path}")
+    first = load_checkpoint(str(tmp_path / "ckpt.pt"))["config"]
+    p = run("train.py", *common, "--max_iters=40", "--init_from=resume", f"--out_dir={tmp_path}")
+    assert "step 10:" not in p.stdout and "step 40:" in p.stdout
+    assert re.search(r"iter 30: loss [\d.]+, lr 1\.00e-04,", p.stdout), p.stdout
+    ck = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ck["iter_num"] == 40 and ck["config"]["max_iters"] == 40
+    for k in ("lr_decay_iters", "route_anneal_start", "route_anneal_end"):
+        assert ck["config"][k] == first[k], k
+    assert all(v.item() == pytest.approx(-1.8) for k, v in ck["model"].items() if k.endswith("route_bias"))
+    p = run("train.py", *common, "--max_iters=60", "--init_from=resume", "--route_anneal_end=50",
+            f"--out_dir={tmp_path}", check=False)
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"error: {tmp_path / 'ckpt.pt'} was trained with route_anneal_end={first['route_anneal_end']} but the config "
+        "says route_anneal_end=50")
 
 
 def test_short_run_schedule_follows_max_iters(char_data, tmp_path):

@@ -1,0 +1,4 @@
+# Learned placement: a hard-concrete gate on every layer's attention, half of them kept open by a learned Lagrange multiplier; closed layers are removed at the end.
+out_dir = 'out-ablation_attn_budget_half'
+wandb_run_name = 'ablation_attn_budget_half'
+attn_budget = 0.5
