@@ -1,5 +1,8 @@
 """Attention the model can give up: static placement (attn_layers), learned placement under a budget
 (hard-concrete gates removed exactly at the end), and pruning in an order chosen by measured loss."""
+import json
+import re
+
 import pytest
 import torch
 
@@ -183,3 +186,29 @@ def test_greedy_pruning_removes_the_cheapest_layer_first():
     assert greedy[2]["val_loss"] == val_eval(model, report, tuple(sorted(order[:2])))[0]
     placed = deep(attn_layers=(1, 3)).eval()
     assert sorted(greedy_order(placed, select)) == [1, 3]  # only layers that have attention
+
+
+def test_budget_training_end_to_end(char_data, tmp_path):
+    """train.py logs the gates, fixes them at attn_gate_fix_iter and saves a deterministic model, which
+    sample.py and kv_cache_bench.py decode as its static attn_layers model; a checkpoint whose gates are
+    not yet fixed is refused in one line where pruning is asked for."""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from conftest import TINY as ARGS, run
+    common = ["config/ablation_attn_budget_half.py", *ARGS, "--n_layer=4", "--eval_interval=10", "--max_iters=20"]
+    p = run("train.py", *common, "--attn_budget_warmup_iter=5", "--attn_gate_fix_iter=8", f"--out_dir={tmp_path / 'fixed'}")
+    assert "attention P(open) " in p.stdout and "step 8: attention gates fixed, open in layers [" in p.stdout
+    assert re.search(r"step 20: .*attn_gates_open [\d.]+, attention gates ([01]\.00 ?){4}$", p.stdout, re.M), p.stdout
+    model = model_from_checkpoint(load_checkpoint(str(tmp_path / "fixed" / "ckpt.pt")))
+    kept = [i for i, z in analyze_attn_gates(model)["z"].items() if z == 1.0]
+    assert len(kept) == 2
+    p = run("sample.py", f"--out_dir={tmp_path / 'fixed'}", "--max_new_tokens=5", "--num_samples=1")
+    assert f"attention gates fixed: attention in layers {kept} only" in p.stdout
+    js = tmp_path / "kv.json"
+    run("kv_cache_bench.py", "--configs=", f"--ckpt={tmp_path / 'fixed' / 'ckpt.pt'}", "--eval_batches=2", f"--json={js}")
+    greedy = [r for r in json.loads(js.read_text())["pruning"] if r["ranking"] == "greedy"]
+    assert [r["layers_pruned"] for r in greedy] == [0, 1, 2] and all(set(r["pruned"]) <= set(kept) for r in greedy)
+    run("train.py", *common, "--attn_gate_fix_iter=100", f"--out_dir={tmp_path / 'soft2'}")  # never fixed
+    p = run("kv_cache_bench.py", "--configs=", f"--ckpt={tmp_path / 'soft2' / 'ckpt.pt'}", "--eval_batches=2", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'soft2' / 'ckpt.pt'}: the attention gates are "
+                                                        "not yet deterministic (P(open) ")

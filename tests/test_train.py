@@ -89,6 +89,9 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
                          f"--out_dir={DATA}/nope"),
     (["--n_kv_head=4", "--n_head=6"], "n_kv_head=4 must divide n_head=6"),
     (["--init_from=resume", "--out_dir=/nonexistent/x"], "no checkpoint at /nonexistent/x/ckpt.pt"),
+    (["--attn_layers=(0,0)"], "bad model settings: attn_layers=(0, 0) must name distinct layers in [0, 6)"),
+    (["--attn_budget=1.5"], "bad model settings: attn_budget must be in (0, 1], got 1.5"),
+    (["--mlp_activation=relu"], "bad model settings: mlp_activation must be 'tanh' or 'exact', got 'relu'"),
 ])
 def test_configuration_errors_are_one_line(args, message, char_data, tmp_path):
     p = run("train.py", f"--out_dir={tmp_path}", *args, "--device=cpu", check=False)
@@ -131,6 +134,27 @@ def test_ddp_two_cpu_processes_match_one(char_data, tmp_path):
     ca, cb = (load_checkpoint(str(tmp_path / d / "ckpt.pt")) for d in ("one", "two"))
     for k in ca["model"]:
         assert torch.allclose(ca["model"][k], cb["model"][k], atol=1e-5), k
+
+
+def test_ddp_sigterm_stops_every_rank_at_one_step(char_data, tmp_path):
+    """torchrun forwards a scheduler's SIGTERM to its workers: both stop at the same logged iteration,
+    rank 0 alone writes the checkpoint and says so once."""
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train.py", *TINY, "--max_iters=100000", "--log_interval=5", "--gradient_accumulation_steps=2",
+                          f"--out_dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    for line in p.stdout:
+        if line.startswith("iter 20:"):
+            p.send_signal(signal.SIGTERM)
+            break
+    out = p.communicate(timeout=600)[0]
+    ck = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ck["iter_num"] > 20 and ck["iter_num"] % 5 == 0
+    assert out.count("interrupted (SIGTERM): saved iteration") == 1
+    assert f"interrupted (SIGTERM): saved iteration {ck['iter_num']} to {tmp_path / 'ckpt.pt'}" in out
 
 
 def test_wandb_offline_writes_files(char_data, tmp_path):
