@@ -147,11 +147,13 @@ for i, (name, seed) in enumerate(runs, 1):
     if subprocess.run([sys.executable] + cmd + (["--init_from=resume"] if resume else [])).returncode != 0:
         raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")  # train.py printed why
     record = evaluate(name, seed, out_dir, shlex.join(["python"] + cmd), time.time() - t0)
-    if old_record is not None:  # training is deterministic: a retrained run must be the run it replaces
-        if abs(record["best_val_loss"] - old_record["best_val_loss"]) > 1e-4:
+    if old_record is not None:  # training is deterministic: a retrained run must be the run it replaces (to
+        # float noise: thread counts reorder sums, which a recall run's near-zero loss shows as ~1e-4)
+        if abs(record["best_val_loss"] - old_record["best_val_loss"]) > 1e-3:
             raise SystemExit(f"error: {name} seed {seed} retrained to best val loss {record['best_val_loss']:.6f}, "
                              f"not the record's {old_record['best_val_loss']:.6f}; the record is kept")
         record["wall_s"], record["ms_per_iter"] = old_record["wall_s"], old_record["ms_per_iter"]
+        record["recorded_best_val_loss"] = old_record["best_val_loss"]  # what the replaced record said
     if os.path.isfile(study_file):  # another ablate.py on this study may have added its command since
         study["commands"] = load_record(study_file)["commands"]
     if ablate_command not in study["commands"]:

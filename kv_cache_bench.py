@@ -231,10 +231,11 @@ for name, model, form in tqdm(models if throughput_context else [], desc="throug
                               dynamic_ncols=True):
     through += throughput(name, model, form, budget)
 
+W = max([len(n) for n in names] + [14]) + 2  # the config column, wide enough for every name
 if names:
     base = {r["context"]: r for r in records if r["config"] == "baseline" and r["form"] == "kv"}
     big = max(ctx_lens)
-    head = f"{'config':<16}{'form':<7}{'KV B/tok':>9}{'measured':>9}{'x base':>7}"
+    head = f"{'config':<{W}}{'form':<7}{'KV B/tok':>9}{'measured':>9}{'x base':>7}"
     head += "".join(f"{'prefill@' + str(c):>13}" for c in ctx_lens)
     head += "".join(f"{m + '@' + str(c):>16}" for m in mode_list for c in ctx_lens)
     head += "".join(f"{'x base ' + m[:5]:>13}" for m in mode_list)
@@ -242,7 +243,7 @@ if names:
     for name, form in dict.fromkeys((r["config"], r["form"]) for r in records):
         rows = {r["context"]: r for r in records if r["config"] == name and r["form"] == form}
         r0 = rows[big]
-        line = (f"{name:<16}{form:<7}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
+        line = (f"{name:<{W}}{form:<7}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
                 f"{r0['kv_bytes_per_token'] / base[big]['kv_bytes_per_token']:>7.2f}")
         line += "".join(f"{rows[c]['prefill_ms']:>10.1f} ms" for c in ctx_lens)
         line += "".join(f"{rows[c][f'decode_ms_{m}']:>13.2f} ms" for m in mode_list for c in ctx_lens)
@@ -256,13 +257,13 @@ if through:
     sizes = sorted({t["batch_size"] for t in through if not t["largest"] or t["batch_size"] & (t["batch_size"] - 1) == 0})
     print(f"\nthroughput at context {throughput_context}, caches within {budget / 2**30:.1f} GiB "
           f"({through[0]['mode']} decoding), tokens/s:")
-    print(f"{'config':<16}{'form':<7}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
+    print(f"{'config':<{W}}{'form':<7}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
           + "".join(f"{'b=' + str(b):>10}" for b in sizes))
     for name, form in dict.fromkeys((t["config"], t["form"]) for t in through):
         rows = [t for t in through if t["config"] == name and t["form"] == form]
         top = rows[-1]
         per_b = {t["batch_size"]: t["tokens_per_s"] for t in rows}
-        print(f"{name:<16}{form:<7}{top['batch_size']:>10d}{top['batch_size'] / ref['batch_size']:>7.2f}"
+        print(f"{name:<{W}}{form:<7}{top['batch_size']:>10d}{top['batch_size'] / ref['batch_size']:>7.2f}"
               f"{top['tokens_per_s']:>13.1f}{top['tokens_per_s'] / ref['tokens_per_s']:>7.2f}"
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
     print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's K/V form")

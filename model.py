@@ -18,6 +18,9 @@ Block, with the route gate g = sigmoid(route_raw + route_bias):
 MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), folded through c_proj.
 Peers that shrink the cache by retraining: grouped- and multi-query attention (n_kv_head), and
 cross-layer attention (kv_share: a group of adjacent layers computes K and V once, in its first layer).
+Attention the model can give up: placement (attn_layers: only those layers have attention at all), and
+a hard-concrete gate per layer on the attention output, held to a budget (attn_budget), whose closed
+layers are removed exactly once the gates are fixed (remove_closed_attention).
 """
 
 import inspect
