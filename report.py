@@ -104,6 +104,7 @@ def summarize(records):
             vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
             s[f"half_val_loss_{ranking}"] = statistics.mean(vals) if vals else None
         s["attn_layers"] = [r.get("attn_layers", list(range(r["model"]["n_layer"]))) for r in rs]
+        s["gated"] = any(r.get("attn_gates") for r in rs)  # a budget run: its placement was learned
         # the pruning curve, averaged over seeds, in the best honest order: greedy (chosen on training
         # batches) where the records have it, else by contribution. Choosing the order by the loss the
         # curve reports would select on the test batches
@@ -113,7 +114,9 @@ def summarize(records):
             curves.setdefault(row["ranking"], []).append(
                 {"k": len(row["layers"]), "kv": row["kv_bytes_per_token"], "loss": [p["val_loss"] for p in same],
                  "acc": [p["val_acc"] for p in same] if recall else None})
-        s["ranking"] = next(r for r in ("greedy", "contribution") if r in curves)
+        # (greedy only where every seed has it: a point's seeds must be the config's seeds)
+        s["ranking"] = next(r for r in ("greedy", "contribution")
+                            if all(any(p["ranking"] == r for p in rec["pruning"]) for rec in rs))
         s["curve"] = curves[s["ranking"]]
         if recall:
             s["accs"] = [r["eval_val_acc"] for r in rs]
@@ -286,14 +289,13 @@ def placement_answers(S, names, measure, recall):
     """Where attention must stay: the layers that the learned gates kept (per seed), and what pruning
     the baseline in the greedy order removes first."""
     out = []
-    learned = [n for n in names if S[n]["model"].get("attn_budget") is not None]
-    for n in learned:
+    for n in (n for n in names if S[n]["gated"]):
         kept = {}
         for layers in S[n]["attn_layers"]:
             kept[tuple(layers)] = kept.get(tuple(layers), 0) + 1
-        out.append(f"- Where must attention stay? {n} ({S[n]['model']['attn_budget']} of {S[n]['model']['n_layer']} "
-                   f"layers) kept attention in layers " + ", ".join(f"{list(k)} ({c} of {S[n]['n']} seeds)"
-                                                                   for k, c in sorted(kept.items(), key=lambda kc: -kc[1])) + ".")
+        out.append(f"- Where must attention stay? {n}'s gates kept attention in {len(S[n]['attn_layers'][0])} of "
+                   f"{S[n]['model']['n_layer']} layers: " + ", ".join(
+                       f"layers {list(k)} in {c} of {S[n]['n']} seeds" for k, c in sorted(kept.items(), key=lambda kc: -kc[1])) + ".")
     base = S["baseline"]
     if base["ranking"] == "greedy" and len(base["curve"]) > 2:
         first = base["curve"][1]
