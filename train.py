@@ -447,7 +447,7 @@ while True:
             stats = gate_stats()
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                 + (f", val acc {losses['val_acc']:.4f}" if scored else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k)
-                + (f", attention {'gates' if analyze_attn_gates(raw_model)['fixed'] else 'P(open)'} "
+                + (f", attention {'P(open)' if gates_learned else 'gates'} "
                    + " ".join(f"{v:.2f}" for k, v in stats.items() if k.startswith("attn_gate/"))
                    if raw_model.config.attn_budget is not None else ""))
             if wandb_log:
