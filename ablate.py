@@ -134,6 +134,8 @@ for i, (name, seed) in enumerate(runs, 1):
     old_record = None
     if name in again and os.path.isfile(record_path(name, seed)):
         old_record = load_record(record_path(name, seed))
+        if "recorded_best_val_loss" in old_record:  # made again already: the same command resumes, not repeats
+            old_record = None
     done = os.path.isfile(record_path(name, seed)) and old_record is None
     resume = not done and os.path.isfile(os.path.join(out_dir, "ckpt.pt"))
     state = "done, skipped" if done else "resuming" if resume else "to train"
