@@ -26,7 +26,8 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from records import check_writable, load_record, write_json
 from configurator import ablation_names, configure, require
 from evaluate import dataset_meta, pruning_curve, val_batches
-from model import analyze_attn_gates, analyze_lens_gates, analyze_route_gates, cache_forms, remove_closed_attention
+from analysis import analyze_attn_gates, analyze_lens_gates, analyze_route_gates, remove_closed_attention
+from engine import cache_forms
 from report import write_study
 
 # -----------------------------------------------------------------------------

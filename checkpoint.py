@@ -1,5 +1,6 @@
 """Checkpoints: written atomically, read back with weights_only=True and checked, every failure a
 one-line error (SystemExit) rather than a traceback."""
+import json
 import math
 import os
 
@@ -66,3 +67,75 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
     except RuntimeError as e:
         raise SystemExit(f"error: {path} does not match its own model_args: {str(e).splitlines()[1].strip()}")
     return model
+
+
+# ----------------------------------------------------------------------------- GPT-2 in the Hugging Face layout
+def hf_gpt2_weights(name_or_dir):
+    """(GPTConfig fields, state dict in this repo's layout) of OpenAI GPT-2 weights in the Hugging Face
+    layout: a local directory (config.json and model.safetensors or pytorch_model.bin), or a name that
+    `transformers` downloads. GPT.from_pretrained builds the model."""
+    if os.path.isdir(name_or_dir):
+        with open(os.path.join(name_or_dir, "config.json")) as f:
+            hf = json.load(f)
+        st = os.path.join(name_or_dir, "model.safetensors")
+        if os.path.exists(st):
+            from safetensors.torch import load_file
+            sd = load_file(st)
+        else:
+            sd = torch.load(os.path.join(name_or_dir, "pytorch_model.bin"), map_location="cpu",
+                            weights_only=True)
+    else:
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ValueError(f"{name_or_dir!r} is not a directory, and loading GPT-2 by name "
+                             "needs `pip install transformers`") from None
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        hf, sd = hf_model.config.to_dict(), hf_model.state_dict()
+    args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True, tie_embeddings=True)
+    act = hf.get("activation_function", "gelu_new")
+    gelus = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+    if act not in gelus or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        raise ValueError(f"only GPT-2's GELUs ({', '.join(gelus)}) and layer_norm_epsilon=1e-5 are supported, "
+                         f"got {act}")
+    args["mlp_activation"] = gelus[act]
+    args.update(n_kv_head=args["n_head"], kv_share=1)  # GPT-2 has a K and V for every head and layer
+    # HF's Conv1D stores weights as (in, out); nn.Linear wants (out, in)
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    ours = {}
+    for k, v in sd.items():
+        k = k.removeprefix("transformer.")
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+            continue  # causal-mask buffers; lm_head is tied to wte
+        ours["transformer." + k] = v.t() if k.endswith(conv1d) else v
+    return args, ours
+
+
+# The parameters that exist only because a lens mechanism is on; everything else is GPT-2.
+MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
+                  ".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")
+
+
+def load_base_weights(model, sd):
+    """Copy GPT-2 weights `sd` (our layout) into `model`, whose lens mechanisms keep their init.
+    Any GPT-2 weight the model needs but `sd` lacks, or a shape mismatch, is an error; an MLP that
+    `model` does not have (mlp_disabled), or attention it does not have (attn_layers), is dropped."""
+    target = model.state_dict()
+    dropped = {f"transformer.h.{i}.{part}." for i in range(model.config.n_layer)
+               if i not in model.config.attention_layers for part in ("attn", "ln_1")}
+    for k, v in sd.items():
+        if k not in target:
+            if model.config.mlp_disabled and (".mlp." in k or ".ln_2." in k):
+                continue
+            if k.startswith(tuple(dropped)):  # attention removed from this layer (attn_layers)
+                continue
+            raise ValueError(f"unexpected weight {k} in the source state dict")
+        if target[k].shape != v.shape:
+            raise ValueError(f"shape mismatch for {k}: source {tuple(v.shape)}, model {tuple(target[k].shape)}")
+        with torch.no_grad():
+            target[k].copy_(v)
+    missing = [k for k in target if k not in sd and not k.endswith(MECHANISM_KEYS)
+               and not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    if missing:
+        raise ValueError(f"source state dict lacks {len(missing)} GPT-2 weights, e.g. {missing[0]}")

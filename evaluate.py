@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from model import attention_contribution
+from analysis import attention_contribution
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

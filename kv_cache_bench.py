@@ -18,6 +18,7 @@ $ python kv_cache_bench.py --configs=baseline,reciprocity,lens,gqa,mqa      # CP
 $ python kv_cache_bench.py --configs=baseline,lens --contexts=256,1024 --json=kv.json
 $ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
+$ python kv_cache_bench.py --configs= --peer=hf --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50257  # vs transformers
 """
 import glob
 import os
@@ -33,7 +34,9 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import ablation_names, configure, model_settings, require, setup_device
 from records import atomic_write, check_writable, write_json
 from evaluate import dataset_meta, pruning_curve, val_batches
-from model import GPT, GPTConfig, KVCache, compiled_decode_step, decode_step, remove_closed_attention
+from analysis import remove_closed_attention
+from engine import KVCache, compiled_decode_step, decode_step
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), 'all', or '' for none (only --ckpt)
@@ -59,6 +62,9 @@ json_path = ""  # --json_path=PATH (or --json=PATH) writes the records
 plot = ""  # PNG of validation loss against KV bytes per token (needs --ckpt and matplotlib)
 seed = 1337
 profile = False  # also print, per config and form, the operators that take the most time in one eager decode step
+peer = ""  # 'hf': also time Hugging Face transformers' cached greedy generate against ours on the same GPT-2 weights
+peer_prompt = 64  # the peer comparison: prompt tokens, then peer_new_tokens greedy tokens, the whole call timed
+peer_new_tokens = 64
 # -----------------------------------------------------------------------------
 sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
@@ -176,10 +182,8 @@ def throughput(name, model, form, budget):
         step = step_fn(mode)
         with ctx:
             cache = KVCache(model, b, max_len=throughput_context, form=form)
-            for s in cache.layers:
-                for k, t in (s or {}).items():
-                    if k in KVCache.STATE:
-                        t.normal_()
+            for t in cache.buffers():
+                t.normal_()
             idx = torch.randint(vocab_size, (b, throughput_context), device=device)
             ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
         out.append(dict(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
@@ -207,10 +211,68 @@ def checkpoint_curve(path):
                  attention_contribution=contrib) for r in rows]
 
 
+@torch.no_grad()
+def peer_rows():
+    """Hugging Face transformers' greedy generate (its default dynamic cache) against lensgpt's generate
+    in each cache form and mode, on the same random GPT-2 weights (GPT.from_pretrained of the
+    transformers model), batch_size prompts of peer_prompt tokens and peer_new_tokens new ones: the
+    whole call timed, medians of `rounds` interleaved rounds after one warm-up call each. Every
+    contender's tokens must equal transformers'."""
+    try:
+        import transformers
+    except ImportError:
+        print("peer hf: skipped, transformers is not installed (pip install transformers)")
+        return []
+    import tempfile
+    n_pos = peer_prompt + peer_new_tokens
+    torch.manual_seed(seed)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_pos, vocab_size=vocab_size,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = GPT.from_pretrained(d).to(device).eval()
+    hf = hf.to(device)
+    gen = transformers.GenerationConfig(max_new_tokens=peer_new_tokens, do_sample=False, eos_token_id=None,
+                                        pad_token_id=0)
+    idx = torch.randint(vocab_size, (batch_size, peer_prompt), generator=torch.Generator().manual_seed(seed)).to(device)
+    mask = torch.ones_like(idx)
+    calls = {("transformers", "dynamic", "eager"): lambda: hf.generate(idx, attention_mask=mask, generation_config=gen)}
+    for form in form_list:
+        for mode in mode_list:
+            calls[("lensgpt", form, mode)] = lambda form=form, mode=mode: ours.generate(
+                idx, peer_new_tokens, temperature=0, kv_cache=form, compile=mode == "compiled")
+    ms, out = {k: [] for k in calls}, {}
+    with ctx:
+        for k, call in calls.items():  # warm-up: compilation, kernel selection
+            out[k] = call()
+        for k, tokens in out.items():
+            if not torch.equal(tokens, out[("transformers", "dynamic", "eager")]):
+                raise SystemExit(f"error: peer hf: lensgpt's {k[1]} form ({k[2]}) generated other tokens than "
+                                 "transformers on the same weights")
+        for _ in tqdm(range(rounds), desc="peer rounds", file=sys.stderr, dynamic_ncols=True):
+            for k, call in calls.items():
+                ms[k].append(timed(call))
+    rows = [dict(engine=e, form=f, mode=m, batch_size=batch_size, prompt=peer_prompt, new_tokens=peer_new_tokens,
+                 ms_per_token=float(np.median(v)) / peer_new_tokens) for (e, f, m), v in ms.items()]
+    ref = rows[0]["ms_per_token"]
+    print(f"\nagainst transformers {transformers.__version__} (greedy generate, same weights, same tokens): "
+          f"{n_layer}x{n_embd}, vocab {vocab_size}, batch {batch_size}, {peer_prompt}-token prompt + "
+          f"{peer_new_tokens} new, whole call, median of {rounds} interleaved rounds")
+    print(f"{'engine':<14}{'form':<9}{'mode':<10}{'ms/token':>10}{'x transformers':>16}")
+    for r in rows:
+        r["x_transformers"] = r["ms_per_token"] / ref
+        print(f"{r['engine']:<14}{r['form']:<9}{r['mode']:<10}{r['ms_per_token']:>10.2f}{r['x_transformers']:>15.2f}x")
+    return rows
+
+
 # ----------------------------------------------------------------------------- main
 names = ablation_names(configs)  # ratios need the baseline of this run: it comes first
-if not names and not ckpt:
-    raise SystemExit("error: nothing to measure: give --configs or --ckpt")
+if peer not in ("", "hf"):
+    raise SystemExit(f"error: peer takes 'hf' (Hugging Face transformers) or nothing, got {peer!r}")
+require((peer_prompt >= 1 and peer_new_tokens >= 1, "peer_prompt and peer_new_tokens must be >= 1"))
+if not names and not ckpt and not peer:
+    raise SystemExit("error: nothing to measure: give --configs, --ckpt or --peer")
 machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
     else torch.cuda.get_device_name()
 budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[0] if is_cuda else 2 * 2**30)
@@ -268,6 +330,8 @@ if through:
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
     print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's K/V form")
 
+peers = peer_rows() if peer else []
+
 pruning = []
 ckpts = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
 if ckpt and not ckpts:
@@ -287,7 +351,7 @@ if pruning:
 
 if json_path:
     write_json(json_path, {"machine": machine, "device": device, "torch": torch.__version__, "records": records,
-                           "throughput": through, "pruning": pruning})
+                           "throughput": through, "pruning": pruning, "peer": peers})
     print(f"wrote {json_path}")
 if plot:
     if not pruning:

@@ -24,10 +24,8 @@ layers are removed exactly once the gates are fixed (remove_closed_attention).
 """
 
 import inspect
-import json
 import math
-import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -203,17 +201,22 @@ class CausalSelfAttention(nn.Module):
         qs, kr = self.query_side(q, k)
         qt, kt = (qs, k) if kr is None else (torch.cat([qs, kr], -1), torch.cat([k, q], -1))
         D, W = v.size(-1), qt.size(-1)
-        if W > D and sdpa_pads_v(v):
+        # V zero-padded to the width of Q~ and K~ (zeros change no output column). Measured (2-core CPU,
+        # torch 2.13, float32, fwd+bwd at width 128): the CPU flash kernel needs equal widths, and a
+        # narrower V falls back to the math kernel, 1.7x slower than padding; CUDA's flash kernel needs
+        # equal widths too. Decoding (engine.py) reads V at width D and never pads
+        if W > D:
             v = F.pad(v, (0, W - D))
         y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
-    def forward(self, x, cache=None, kv=None, skip=False):
-        """(output, (k, v)) for x, ln_1's output (B, T, E). `cache` is (layer state, input_pos, fresh)
-        while decoding: the chunk's positions are written into the layer's buffers at input_pos; a fresh
-        chunk (nothing cached before it) attends to itself, any other to the buffers under a position
-        mask. `kv`: the group's K and V, for a layer that does not own them (CLA). skip: the layer's
-        attention is pruned, but later layers of its group use its K and V: compute (and cache) them only."""
+    def forward(self, x, cache=None, input_pos=None, kv=None, skip=False):
+        """(output, (k, v)) for x, ln_1's output (B, T, E). While decoding, `cache` is this layer's
+        cache (engine.py): the chunk's values are written at input_pos, and the chunk attends to the
+        cache under a position mask; input_pos None (training, or a prefill: nothing cached before the
+        chunk) attends to the chunk itself. `kv`: the group's K and V, for a layer that does not own them
+        (CLA). skip: the layer's attention is pruned, but later layers of its group use its K and V:
+        compute (and cache) them only."""
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         if self.owns_kv:
@@ -223,64 +226,26 @@ class CausalSelfAttention(nn.Module):
         else:
             q, (k, v) = self.c_attn(x), kv
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None:
+            cache.write(input_pos, x, q, k, v)
         if skip:
-            if cache is not None:
-                write_cache(cache[0], x, q, k, v, cache[1])
             return None, (k, v)
-        if cache is None:
-            dropout_p = self.dropout if self.training else 0.0
-            if self.lens and torch.is_grad_enabled():  # keep the widened operands out of backward
-                y = checkpoint(self.attend, q, k, v, dropout_p, use_reentrant=False, context_fn=sdpa_saves_only)
-            else:
-                y = self.attend(q, k, v, dropout_p)
+        if cache is not None and input_pos is not None:
+            y = cache.attend(self, q, k, input_pos)
+        elif self.lens and torch.is_grad_enabled():  # keep the widened operands out of backward
+            y = checkpoint(self.attend, q, k, v, self.dropout_p(), use_reentrant=False, context_fn=sdpa_saves_only)
         else:
-            state, input_pos, fresh = cache
-            write_cache(state, x, q, k, v, input_pos)
-            y = self.attend(q, k, v) if fresh else self.attend_cached(state, q, k, input_pos)
+            y = self.attend(q, k, v, self.dropout_p())
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
-    def attend_cached(self, state, q, k, input_pos):
-        """Attention of a chunk at positions input_pos on everything the layer's buffers hold up to
-        them, written out: the buffers keep one static shape, the mask hides what is not written yet.
-        Query heads that share a K/V head (or, in the input form, all of them) are stacked into one
-        matrix product, so each buffer is read once per step, never copied per head."""
-        B, H, T, D = q.shape
-        Hkv, s = self.n_kv_head, 1.0 / math.sqrt(D)
-        qs, kr = self.query_side(q, repeat_kv(k, H), state["gates"])
-        visible = torch.arange(state["max_len"], device=q.device) <= input_pos.view(-1, 1)  # (T, L)
-
-        def probs(scores):  # (B, H, T, L) scores -> attention probabilities
-            return F.softmax((scores * s).masked_fill(~visible, float("-inf")), dim=-1)
-
-        if state["form"] == "input":  # the projections absorbed into the query: K~_j = W x^_j + b
-            x = state["x"]  # (B, L, E)
-            qa = qs @ state["wk"] + (0 if kr is None else kr @ state["wq"])  # (B, H, T, E)
-            p = probs((qa.view(B, H * T, -1) @ x.transpose(1, 2)).view(B, H, T, -1))
-            z = (p.view(B, H * T, -1) @ x).view(B, H, T, -1)  # sum_j p_j x^_j
-            return z @ state["wv"].transpose(-2, -1) + state["bv"]  # W_v (sum_j p_j x^_j) + b_v
-        if "kq" in state:  # multi-head reciprocity: K~ = [k | q] is one buffer, read as it is
-            p = probs(torch.cat([qs, kr], -1) @ state["kq"].transpose(-2, -1))
-        else:  # (B, H_kv, group * T, D) against (B, H_kv, L, D)
-            scores = (qs.reshape(B, Hkv, -1, D) @ state["k"].transpose(-2, -1)).view(B, H, T, -1)
-            if kr is not None:  # S^T against each head's own past queries
-                scores = scores + kr @ state["q"].transpose(-2, -1)
-            p = probs(scores)
-        return (p.reshape(B, Hkv, -1, p.size(-1)) @ state["v"]).view(B, H, T, D)
+    def dropout_p(self):
+        return self.dropout if self.training else 0.0
 
 
 def repeat_kv(t, n_head):
     """(B, H_kv, T, D) -> (B, n_head, T, D): each group of query heads shares one K/V head."""
     return t if t.size(1) == n_head else t.repeat_interleave(n_head // t.size(1), dim=1)
-
-
-def sdpa_pads_v(v):
-    """Whether to zero-pad V to the width of Q~ and K~ (zeros change no output column). Measured
-    (2-core CPU, torch 2.13, float32, 12 x 6 heads x 256 tokens, fwd+bwd at width 128): the CPU flash
-    kernel needs equal widths and a narrower V falls back to the math kernel, 1.7x slower than
-    padding. CUDA's flash kernel (FA2) needs equal widths too; its memory-efficient and cuDNN
-    kernels accept a narrower V, which has not been timed here: V is padded there as well."""
-    return True
 
 
 # cuDNN attention builds a new execution plan for every new sequence length, which costs ms per
@@ -421,13 +386,14 @@ class Block(nn.Module):
         """P(z > 0) of the hard-concrete gate: what the budget constrains."""
         return torch.sigmoid(self.attn_log_alpha - HC_BETA * math.log(-HC_GAMMA / HC_ZETA))
 
-    def forward(self, x, cache=None, skip_attn=False, kv=None, need_kv=False):
+    def forward(self, x, cache=None, input_pos=None, skip_attn=False, kv=None, need_kv=False):
         """(x_next, (k, v)): the block's output, and the K and V its attention used (None when pruned
-        or absent). kv: the group's K and V, for a CLA layer that does not own them; need_kv: this
-        layer's attention is pruned (skip_attn), but later layers of its group still use its K and V."""
+        or absent). cache, input_pos: this layer's cache and the chunk's positions (attention's forward);
+        kv: the group's K and V, for a CLA layer that does not own them; need_kv: this layer's attention
+        is pruned (skip_attn), but later layers of its group still use its K and V."""
         a = None
         if self.has_attn and (not skip_attn or need_kv):
-            a, kv = self.attn(self.ln_1(x), cache, kv, skip=skip_attn)
+            a, kv = self.attn(self.ln_1(x), cache, input_pos, kv, skip=skip_attn)
             if a is not None and self.use_gate:
                 a = self.attn_gate(a.shape[:2] + (1,)).to(a.dtype) * a
         h = x if a is None else x + a
@@ -442,6 +408,29 @@ class Block(nn.Module):
         return torch.lerp(x, h, g) + m, kv
 
 
+def unwrap(model):
+    """The GPT inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def attends(cfg, i, attn_skip_layers=()):
+    """Whether layer i attends: it has attention (attn_layers) and it is not pruned."""
+    return i not in attn_skip_layers and (cfg.attn_layers is None or i in cfg.attn_layers)
+
+
+def feeds_group(cfg, i, attn_skip_layers=()):
+    """Whether layer i owns its CLA group's K and V and some layer of the group still attends
+    (then its K and V are computed and cached even where its own attention is pruned)."""
+    group = range(i, min(i + cfg.kv_share, cfg.n_layer))
+    return i % cfg.kv_share == 0 and any(attends(cfg, j, attn_skip_layers) for j in group)
+
+
+# GPTConfig's fields that give GPT-2 its shape, and the switches that turn a mechanism on: the one
+# list of each that the scripts share (benchmarks choose their own shape; the summary prints the switches)
+SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
+MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
+                      "mlp_ctx_conductor", "mlp_disabled")
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -484,32 +473,28 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx, targets=None, cache=None, attn_skip_layers=(), input_pos=None):
-        """Logits and loss. `cache` (a KVCache) decodes incrementally: by default the chunk goes at
-        the next cache.length positions and the cache advances past it; with `input_pos` (a tensor
-        of positions, as a compiled decode step passes) the caller owns the position. With
-        `attn_skip_layers` those blocks run with attention removed. Without targets only the last
-        position's logits are computed, as in nanoGPT. Targets equal to -1 are ignored by the loss."""
+        """Logits and loss. `cache` (engine.KVCache) decodes incrementally: by default the chunk takes
+        the cache's next positions (cache.advance); with `input_pos` (a tensor of positions, as a compiled
+        decode step passes) the caller has claimed them. With `attn_skip_layers` those blocks run with
+        attention removed. Without targets only the last position's logits are computed, as in nanoGPT.
+        Targets equal to -1 are ignored by the loss."""
         b, t = idx.size()
-        fresh = False
         if cache is not None:  # the cache was built for its own pruned layers
             if attn_skip_layers and set(attn_skip_layers) != cache.attn_skip_layers:
                 raise ValueError("attn_skip_layers differs from the KVCache's own")
             attn_skip_layers = cache.attn_skip_layers
             if input_pos is None:
-                if cache.length + t > cache.max_len:
-                    raise ValueError(f"cannot add {t} positions to a KVCache holding {cache.length} "
-                                     f"of {cache.max_len}; reset() it")
-                fresh = cache.length == 0
-                input_pos = torch.arange(cache.length, cache.length + t, device=idx.device)
-                cache.length += t
+                start = cache.advance(t)  # a chunk at 0 is a prefill: it attends to itself (input_pos None)
+                input_pos = torch.arange(start, start + t, device=idx.device) if start else None
         elif t > self.config.block_size:
             raise ValueError(f"cannot forward {t} positions, block_size is {self.config.block_size}")
         pos = torch.arange(t, device=idx.device) if input_pos is None else input_pos
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         kv = None  # the K and V of the current CLA group
         for i, block in enumerate(self.transformer.h):
-            state = None if cache is None or cache.layers[i] is None else (cache.layers[i], input_pos, fresh)
-            x, kv = block(x, state, i in attn_skip_layers, kv, need_kv=feeds_group(self.config, i, attn_skip_layers))
+            layer = None if cache is None else cache.layers[i]
+            x, kv = block(x, layer, input_pos, i in attn_skip_layers, kv,
+                          need_kv=feeds_group(self.config, i, attn_skip_layers))
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -570,7 +555,8 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- KV cache
     def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
-        """What one token costs in the cache, summed over layers (kv_layer_values)."""
+        """What one token costs in the cache in `form`, summed over layers (engine.kv_layer_values)."""
+        from engine import cache_form, kv_layer_values
         values = kv_layer_values(self.config, cache_form(self.config, form), attn_skip_layers)
         return sum(values) * torch.empty((), dtype=dtype).element_size()
 
@@ -579,499 +565,41 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_dir, **overrides):
         """OpenAI GPT-2 weights in the Hugging Face layout, from a local directory (config.json and
         model.safetensors or pytorch_model.bin) or by name through `transformers`; `overrides` add
-        lens mechanisms (or dropout) on top. The new mechanisms start from their usual init."""
-        if os.path.isdir(name_or_dir):
-            with open(os.path.join(name_or_dir, "config.json")) as f:
-                hf = json.load(f)
-            st = os.path.join(name_or_dir, "model.safetensors")
-            if os.path.exists(st):
-                from safetensors.torch import load_file
-                sd = load_file(st)
-            else:
-                sd = torch.load(os.path.join(name_or_dir, "pytorch_model.bin"), map_location="cpu",
-                                weights_only=True)
-        else:
-            try:
-                from transformers import GPT2LMHeadModel
-            except ImportError:
-                raise ValueError(f"{name_or_dir!r} is not a directory, and loading GPT-2 by name "
-                                 "needs `pip install transformers`") from None
-            hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
-            hf, sd = hf_model.config.to_dict(), hf_model.state_dict()
-        args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                    block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True, tie_embeddings=True)
-        act = hf.get("activation_function", "gelu_new")
-        gelus = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
-        if act not in gelus or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"only GPT-2's GELUs ({', '.join(gelus)}) and layer_norm_epsilon=1e-5 are supported, "
-                             f"got {act}")
-        args["mlp_activation"] = gelus[act]
-        args.update(n_kv_head=args["n_head"], kv_share=1)  # GPT-2 has a K and V for every head and layer
+        lens mechanisms (or dropout, or attn_layers) on top. The new mechanisms start from their usual
+        init; attention outside attn_layers is dropped. Reading and converting: checkpoint.py."""
+        from checkpoint import hf_gpt2_weights, load_base_weights
+        args, sd = hf_gpt2_weights(name_or_dir)
         for k, v in overrides.items():
             if k in args and v != args[k]:
                 raise ValueError(f"{k}={v} does not match the pretrained weights ({k}={args[k]})")
         model = cls(GPTConfig(**{**args, **overrides}))
-        # HF's Conv1D stores weights as (in, out); nn.Linear wants (out, in)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        ours = {}
-        for k, v in sd.items():
-            k = k.removeprefix("transformer.")
-            if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
-                continue  # causal-mask buffers; lm_head is tied to wte
-            ours["transformer." + k] = v.t() if k.endswith(conv1d) else v
-        load_base_weights(model, ours)
+        load_base_weights(model, sd)
         return model
 
-    # ---------------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-                 compile=False):
-        """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers, compile))
-        return torch.cat([idx] + new, dim=1)
+    # ---------------------------------------------------------------- generation (engine.py)
+    def generate(self, idx, max_new_tokens, **options):
+        """idx (b, t) followed by max_new_tokens sampled tokens: engine.generate."""
+        from engine import generate
+        return generate(self, idx, max_new_tokens, **options)
 
-    @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-                        compile=False):
-        """Yield max_new_tokens sampled tokens (b, 1), one at a time. kv_cache: False recomputes the
-        context every step, as nanoGPT does; True (= "auto": the smaller form for this config), "kv"
-        or "input" prefill the prompt in one pass, then feed one token per step. compile=True runs
-        that step through torch.compile (CUDA graphs on CUDA); it compiles once, not per position.
-        Every path conditions on the last block_size tokens: once the cache is full, the last
-        block_size tokens are prefilled again, so all paths give the same logits."""
-        bs = self.config.block_size
-        max_len = min(bs, idx.size(1) + max_new_tokens)  # decoding attends over the whole buffer: no longer than needed
-        cache = KVCache(self, idx.size(0), max_len, attn_skip_layers, form=kv_cache) if kv_cache else None
-        if compile and cache is None:
-            raise ValueError("compile=True compiles the cached decode step: it needs kv_cache")
-        step = compiled_decode_step(idx.device.type) if compile else decode_step
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = self(idx[:, -bs:], attn_skip_layers=attn_skip_layers)
-            elif cache.length in (0, cache.max_len):
-                cache.reset()
-                logits, _ = self(idx[:, -bs:], cache=cache)  # prefill, eager: one call per prompt
-            else:
-                last = idx[:, -1:].clone(memory_format=torch.contiguous_format)  # strides (1, 1): no recompiles
-                logits = step(self, last, cache, torch.tensor([cache.length], device=idx.device))
-                cache.length += 1
-            nxt = sample_next(logits[:, -1, :], temperature, top_k)
-            idx = torch.cat((idx, nxt), dim=1)
-            yield nxt
+    def generate_stream(self, idx, max_new_tokens, **options):
+        """max_new_tokens sampled tokens (b, 1), one at a time: engine.generate_stream."""
+        from engine import generate_stream
+        return generate_stream(self, idx, max_new_tokens, **options)
 
 
-def decode_step(model, idx, cache, input_pos):
-    """Logits for one token per sequence at position input_pos (a 1-element tensor). Every call has
-    the same shapes, whatever the position: the cache's buffers are static and masked."""
-    return model(idx, cache=cache, input_pos=input_pos)[0]
+# The helpers users know by name from model: they live where their job is (analysis.py, engine.py) and
+# load on first use, so that `from model import analyze_lens_gates` works as it always has
+ELSEWHERE = {**dict.fromkeys(("apply_route_annealing", "apply_budget_schedule", "route_bias_at", "get_mean_route_gate",
+                              "analyze_route_gates", "analyze_lens_gates", "analyze_attn_gates", "fix_attn_gates",
+                              "remove_closed_attention", "attention_contribution", "mechanism_param_counts",
+                              "print_architecture_summary", "patch_gpt2_with_lens_attention"), "analysis"),
+             **dict.fromkeys(("KVCache", "cache_form", "cache_forms", "kv_layer_values", "generate", "generate_stream", "decode_step", "compiled_decode_step",
+                              "sample_next"), "engine")}
 
 
-_compiled = {}
-
-
-def compiled_decode_step(device_type):
-    """decode_step under torch.compile, built once per device type: CUDA graphs on CUDA (launch
-    overhead, not bytes, bounds a small model's decoding there), inductor's C++ code on a CPU."""
-    if device_type not in _compiled:
-        mode = "reduce-overhead" if device_type == "cuda" else None
-        _compiled[device_type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
-    return _compiled[device_type]
-
-
-def attends(cfg, i, attn_skip_layers=()):
-    """Whether layer i attends: it has attention (attn_layers) and it is not pruned."""
-    return i not in attn_skip_layers and (cfg.attn_layers is None or i in cfg.attn_layers)
-
-
-def feeds_group(cfg, i, attn_skip_layers=()):
-    """Whether layer i owns its CLA group's K and V and some layer of the group still attends
-    (then its K and V are computed and cached even where its own attention is pruned)."""
-    group = range(i, min(i + cfg.kv_share, cfg.n_layer))
-    return i % cfg.kv_share == 0 and any(attends(cfg, j, attn_skip_layers) for j in group)
-
-
-def kv_layer_values(cfg, form, attn_skip_layers=()):
-    """Values one token costs in each layer's cache. Form "kv": K and V for n_kv_head heads in the
-    layer that owns them (every layer, or a CLA group's first), and the layer's own Q with
-    reciprocity (S^T needs q_j of past tokens). Form "input": ln_1(x), n_embd values, in the layer
-    that owns K and V. A pruned or attention-free layer keeps nothing of its own; a group's K/V (or
-    input) stay while any layer of the group attends."""
-    D = cfg.n_embd // cfg.n_head
-    values = []
-    for i in range(cfg.n_layer):
-        shared = feeds_group(cfg, i, attn_skip_layers) * (cfg.n_embd if form == "input" else 2 * cfg.n_kv_head * D)
-        own_q = form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers)
-        values.append(shared + own_q * cfg.n_head * D)
-    return values
-
-
-def cache_forms(cfg):
-    """The cache forms this config can decode with: the input form needs every layer's past queries
-    (reciprocity) to come from the one cached input, which a CLA layer with reciprocity does not have."""
-    return ("kv",) if cfg.use_reciprocity and cfg.kv_share > 1 else ("kv", "input")
-
-
-def cache_form(cfg, form):
-    """The cache form "kv" or "input" that `form` names for this config: True and "auto" pick the
-    smaller (K/V on a tie, where decoding it costs fewer FLOPs): the input form for every multi-head
-    config, K/V for grouped- and multi-query attention."""
-    if form is True or form == "auto":
-        return min(cache_forms(cfg), key=lambda f: (sum(kv_layer_values(cfg, f)), f != "kv"))
-    if form not in ("kv", "input"):
-        raise ValueError(f"unknown KV cache form {form!r}: use True (= 'auto'), 'auto', 'kv' or 'input'")
-    if form not in cache_forms(cfg):
-        raise ValueError("the input form cannot decode reciprocity with kv_share > 1 (a CLA layer's past "
-                         "queries are not in its group's cached input): use 'kv'")
-    return form
-
-
-class KVCache:
-    """Per-layer decoding state in static buffers for max_len positions (block_size by default),
-    allocated once, zeroed (masked positions must hold finite values), in the autocast dtype when
-    autocast is on, else the model's. Decoding writes at explicit positions and attends over the
-    whole buffer under a position mask, so every decode step has one shape and compiles once.
-    Form "kv" keeps K and V for n_kv_head heads, and Q too with reciprocity (S^T[t, j] = q_j . k_t);
-    for multi-head reciprocity K~ = [k | q] is one buffer that decoding reads as it is. Form "input"
-    keeps the layer's input x^ = ln_1(x) (n_embd values per token) and decodes with the projections
-    absorbed into the query: exact, and half the baseline's bytes. Discoverability needs nothing
-    (d_j comes from K, or from x^), and a pruned or attention-free layer keeps nothing in either form."""
-
-    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=(), form="auto", dtype=None):
-        model = unwrap(model)
-        cfg = model.config
-        self.form = cache_form(cfg, form)
-        self.batch_size, self.max_len, self.kv_share = batch_size, max_len or cfg.block_size, cfg.kv_share
-        if not 1 <= self.max_len <= cfg.block_size:
-            raise ValueError(f"max_len={self.max_len} must be in [1, block_size={cfg.block_size}]")
-        self.attn_skip_layers = set(attn_skip_layers)
-        self.length = 0  # positions filled; GPT.forward advances it, reset() empties the cache
-        device = model.lm_head.weight.device
-        if dtype is None:
-            dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-                     else model.lm_head.weight.dtype)
-        self.layers, group = [], None
-        for i, block in enumerate(model.transformer.h):
-            if i % cfg.kv_share == 0:
-                group = None  # a new CLA group (every layer is one without CLA)
-            on = attends(cfg, i, self.attn_skip_layers)
-            if on or feeds_group(cfg, i, self.attn_skip_layers):
-                self.layers.append(self._layer(block.attn, on, group, device, dtype))
-                group = group or self.layers[-1]
-            else:
-                self.layers.append(None)
-        if device.type == "cuda":  # CUDA graphs may then write into them in place
-            for t in (t for s in self.layers if s for k, t in s.items() if k in self.STATE):
-                torch._dynamo.mark_static_address(t)
-
-    STATE = ("k", "v", "q", "kq", "x")  # the per-token buffers; the rest are weights or settings
-
-    def _layer(self, attn, attends, group, device, dtype):
-        """One layer's state. `group`: the state of its CLA group's first layer, whose buffers (and, in
-        the input form, absorbed K/V weights) a layer that does not own K and V reads."""
-        B, L, H, Hkv, D = self.batch_size, self.max_len, attn.n_head, attn.n_kv_head, attn.head_dim
-        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)
-        if not attn.owns_kv:
-            keys = ("x", "wk", "wv", "bv") if self.form == "input" else ("k", "v")
-            state = {k: group[k] for k in keys}
-            if attn.use_rec:  # the kv form only (cache_forms): the layer's own past queries
-                state["q"] = zeros(B, H, L, D)
-        elif self.form == "input":  # head h's rows of c_attn, (H, D, E); a K/V group's rows repeated
-            E = H * D
-            w = attn.c_attn.weight.detach().to(dtype)
-            wq, wk, wv = w.split([E, Hkv * D, Hkv * D])
-            group = lambda t: t.view(Hkv, D, E).repeat_interleave(H // Hkv, dim=0)
-            state = dict(x=zeros(B, L, E), wk=group(wk), wv=group(wv), bv=0.0)
-            if attn.use_rec:
-                state["wq"] = wq.view(H, D, E)
-            if attn.c_attn.bias is not None:
-                bv = attn.c_attn.bias.detach().to(dtype)[E + Hkv * D:]
-                state["bv"] = bv.view(Hkv, 1, D).repeat_interleave(H // Hkv, dim=0)  # (H, 1, D)
-        elif attn.use_rec and Hkv == H and attends and self.kv_share == 1:
-            state = dict(kq=zeros(B, H, L, 2 * D), v=zeros(B, Hkv, L, D))
-        else:
-            state = dict(k=zeros(B, Hkv, L, D), v=zeros(B, Hkv, L, D))
-            if attn.use_rec and attends:
-                state["q"] = zeros(B, H, L, D)
-        with torch.no_grad():  # the lens gates do not change while decoding: computed once, not per step
-            gates = tuple(None if g is None else g.to(dtype) for g in attn.query_gates()) if attn.lens else None
-        return dict(state, form=self.form, max_len=L, gates=gates, owner=attn.owns_kv)
-
-    def reset(self):
-        """Empty the cache; the buffers stay (what they hold is masked until overwritten)."""
-        self.length = 0
-
-    def nbytes(self):
-        """Bytes of the per-token buffers the cache actually holds (a CLA group's, once)."""
-        held = {id(t): t for s in self.layers if s for k, t in s.items() if k in self.STATE}
-        return sum(t.numel() * t.element_size() for t in held.values())
-
-
-def write_cache(state, x, q, k, v, input_pos):
-    """Write a chunk's cached values at input_pos: x^ for the input form, else K, V (and Q). A CLA layer
-    that does not own K and V writes only its own Q: its group's first layer wrote the rest."""
-    if not state["owner"]:
-        if "q" in state:
-            state["q"].index_copy_(2, input_pos, q.to(state["q"].dtype))
-        return
-    if state["form"] == "input":
-        state["x"].index_copy_(1, input_pos, x.to(state["x"].dtype))
-        return
-    if "kq" in state:
-        state["kq"].index_copy_(2, input_pos, torch.cat([k, q], -1).to(state["kq"].dtype))
-    else:
-        state["k"].index_copy_(2, input_pos, k.to(state["k"].dtype))
-        if "q" in state:
-            state["q"].index_copy_(2, input_pos, q.to(state["q"].dtype))
-    state["v"].index_copy_(2, input_pos, v.to(state["v"].dtype))
-
-
-def sample_next(logits, temperature=1.0, top_k=None):
-    """One token per row from the last-position logits; temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-
-
-# GPTConfig's fields that give GPT-2 its shape, and the switches that turn a mechanism on: the one
-# list of each that the scripts share (benchmarks choose their own shape; the summary prints the switches)
-SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
-MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
-                      "mlp_ctx_conductor", "mlp_disabled")
-# The parameters that exist only because a lens mechanism is on; everything else is GPT-2.
-MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
-                  ".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")
-
-
-def load_base_weights(model, sd):
-    """Copy GPT-2 weights `sd` (our layout) into `model`, whose lens mechanisms keep their init.
-    Any GPT-2 weight the model needs but `sd` lacks, or a shape mismatch, is an error; an MLP that
-    `model` does not have (mlp_disabled), or attention it does not have (attn_layers), is dropped."""
-    target = model.state_dict()
-    dropped = {f"transformer.h.{i}.{part}." for i in range(model.config.n_layer)
-               if i not in model.config.attention_layers for part in ("attn", "ln_1")}
-    for k, v in sd.items():
-        if k not in target:
-            if model.config.mlp_disabled and (".mlp." in k or ".ln_2." in k):
-                continue
-            if k.startswith(tuple(dropped)):  # attention removed from this layer (attn_layers)
-                continue
-            raise ValueError(f"unexpected weight {k} in the source state dict")
-        if target[k].shape != v.shape:
-            raise ValueError(f"shape mismatch for {k}: source {tuple(v.shape)}, model {tuple(target[k].shape)}")
-        with torch.no_grad():
-            target[k].copy_(v)
-    missing = [k for k in target if k not in sd and not k.endswith(MECHANISM_KEYS)
-               and not (k == "lm_head.weight" and model.config.tie_embeddings)]
-    if missing:
-        raise ValueError(f"source state dict lacks {len(missing)} GPT-2 weights, e.g. {missing[0]}")
-
-
-def patch_gpt2_with_lens_attention(model, **options):
-    """The entry point of the original lens write-up: a GPT-2 (a GPT, a Hugging Face name or a local directory) with
-    lens mechanisms added on top. Returns (new_model, config)."""
-    if isinstance(model, str):
-        new = GPT.from_pretrained(model, **options)
-    else:
-        model = unwrap(model)
-        new = GPT(replace(model.config, **options))
-        base = {k: v for k, v in model.state_dict().items() if not k.endswith(MECHANISM_KEYS)}
-        load_base_weights(new, base)
-        new.to(next(model.parameters()).device)
-    return new, new.config
-
-
-# -------------------------------------------------------------------- route annealing, analysis
-def unwrap(model):
-    """The GPT inside a DDP and/or torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def route_bias_at(step, cfg):
-    """The route bias at `step`: 0 before route_anneal_start, then linear to
-    route_anneal_target - init_route_gate at route_anneal_end, constant after."""
-    total = cfg.route_anneal_target - cfg.init_route_gate
-    if step < cfg.route_anneal_start:
-        return 0.0
-    if step >= cfg.route_anneal_end:
-        return total
-    return total * (step - cfg.route_anneal_start) / (cfg.route_anneal_end - cfg.route_anneal_start)
-
-
-def apply_route_annealing(model, step, cfg=None):
-    """Set every block's route bias for `step` (a no-op without route gates); returns the bias.
-    `cfg` is a GPTConfig or a dict of its fields; by default the model's own config."""
-    model = unwrap(model)
-    if cfg is None:
-        cfg = model.config
-    elif isinstance(cfg, dict):
-        cfg = replace(model.config, **{k: v for k, v in cfg.items() if k.startswith(("route_", "init_route"))})
-    bias = route_bias_at(step, cfg)
-    for block in model.transformer.h:
-        if block.use_route:
-            block.route_bias.fill_(bias)
-    return bias
-
-
-def apply_budget_schedule(model, step, warmup):
-    """Set the budget's target number of open gates for `step`: every attention layer at 0, then
-    linear to round(attn_budget * attention layers) at `warmup`, constant after (a no-op without a
-    budget). Returns the target."""
-    model = unwrap(model)
-    cfg = model.config
-    if cfg.attn_budget is None:
-        return None
-    n, k = len(cfg.attention_layers), cfg.attn_budget_layers
-    target = k if step >= warmup else n - (n - k) * step / max(warmup, 1)
-    model.budget_target.fill_(target)
-    return target
-
-
-def _route_gates(model):
-    model = unwrap(model)
-    if not model.config.use_route_gate:
-        raise ValueError("this model has no route gates (use_route_gate=False)")
-    return [block.route_gate().item() for block in model.transformer.h]
-
-
-def get_mean_route_gate(model):
-    g = _route_gates(model)
-    return sum(g) / len(g)
-
-
-def analyze_route_gates(model):
-    g = _route_gates(model)
-    return {"mean_route_gate": sum(g) / len(g), "min_route_gate": min(g), "max_route_gate": max(g),
-            "per_layer": g}
-
-
-@torch.no_grad()
-def analyze_lens_gates(model):
-    """Mean lens weights over heads and layers, and per attention layer and head. A disabled term's
-    weight is exactly 0 (and w_std is 1 when no term is enabled)."""
-    layers = []
-    for block in unwrap(model).transformer.h:
-        if not block.has_attn:
-            continue
-        w = [t.tolist() for t in block.attn.lens_weights()]
-        layers.append({"w_std": w[0], "w_rec": w[1], "w_disc": w[2]})
-    out = {}
-    for name in ("w_std", "w_rec", "w_disc"):
-        vals = [v for layer in layers for v in layer[name]]
-        out[f"mean_{name}"] = sum(vals) / len(vals)
-    out["per_layer"] = layers
-    return out
-
-
-@torch.no_grad()
-def analyze_attn_gates(model):
-    """The attention gates of an attn_budget model: per attention layer its P(open) and its value z
-    in evaluation; E, the expected number of open gates; k, the budget's; whether they are fixed."""
-    model = unwrap(model)
-    if model.config.attn_budget is None:
-        raise ValueError("this model has no attention gates (attn_budget is not set)")
-    gated = [(i, b) for i, b in enumerate(model.transformer.h) if b.use_gate]
-    was = model.training
-    model.eval()
-    z = {i: b.attn_gate().item() for i, b in gated}
-    model.train(was)
-    p = {i: b.attn_open_probability().item() for i, b in gated}
-    return {"expected_open": sum(p.values()), "budget_layers": model.config.attn_budget_layers,
-            "fixed": all(b.attn_gate_fixed.item() >= 0 for _, b in gated), "p_open": p, "z": z}
-
-
-@torch.no_grad()
-def fix_attn_gates(model):
-    """The last phase of budget training: the k gates with the largest log alpha open (z = 1), the
-    others closed (z = 0), from now on. Returns the open layers."""
-    model = unwrap(model)
-    gated = [(i, b) for i, b in enumerate(model.transformer.h) if b.use_gate]
-    ranked = sorted(gated, key=lambda ib: (-ib[1].attn_log_alpha.item(), ib[0]))
-    open_layers = sorted(i for i, _ in ranked[:model.config.attn_budget_layers])
-    for i, b in gated:
-        b.attn_gate_fixed.fill_(float(i in open_layers))
-    return open_layers
-
-
-@torch.no_grad()
-def remove_closed_attention(model):
-    """The static attn_layers model that an attn_budget model with fixed gates is: closed layers lose
-    their attention (and ln_1), open ones keep it with z = 1, the gates and multipliers go. Its logits
-    are those of `model`, exactly. Gates not yet fixed are a ValueError."""
-    model = unwrap(model)
-    cfg = model.config
-    if cfg.attn_budget is None:
-        return model
-    stats = analyze_attn_gates(model)
-    if not stats["fixed"]:
-        raise ValueError(f"the attention gates are not yet deterministic (P(open) "
-                         f"{', '.join(f'{p:.2f}' for p in stats['p_open'].values())}): training fixes them to 0 "
-                         f"or 1 from attn_gate_fix_iter on; resume the run to its end first")
-    keep = tuple(i for i, z in stats["z"].items() if z == 1.0)
-    new = GPT(replace(cfg, attn_layers=keep, attn_budget=None)).to(model.lm_head.weight.device)
-    target = new.state_dict()
-    sd = {k: v for k, v in model.state_dict().items() if k in target}
-    new.load_state_dict(sd)
-    return new.train(model.training)
-
-
-@torch.no_grad()
-def attention_contribution(model, idx):
-    """Per layer: the norm of the attention branch (g a, or a) over the norm of the block's whole
-    update (x_next - x), on the batch idx (None for a layer without attention). Low means the block
-    leans on its MLP: a pruning candidate."""
-    model = unwrap(model)
-    tr = model.transformer
-    x = tr.drop(tr.wte(idx) + tr.wpe(torch.arange(idx.size(1), device=idx.device)))
-    ratios, kv = [], None
-    for block in tr.h:
-        if not block.has_attn:  # nothing to remove
-            x, kv = block(x, kv=kv)
-            ratios.append(None)
-            continue
-        a, _ = block.attn(block.ln_1(x), kv=kv)
-        a = block.attn_gate(a.shape[:2] + (1,)) * a if block.use_gate else a
-        branch = block.route_gate() * a if block.use_route else a
-        x_next, kv = block(x, kv=kv)
-        ratios.append((branch.norm() / (x_next - x).norm()).item())
-        x = x_next
-    return ratios
-
-
-def mechanism_param_counts(model):
-    """Parameters owned by each lens mechanism, from the model's own tensors."""
-    groups = {"discoverability u": (".attn.u",), "lens gates": (".attn.lens_gates",),
-              "route gate": (".route_raw",),
-              "MLP context": (".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")}
-    return {name: sum(p.numel() for k, p in unwrap(model).named_parameters() if k.endswith(sfx))
-            for name, sfx in groups.items()}
-
-
-def print_architecture_summary(model):
-    """Each mechanism's parameters and overhead against GPT-2 of the same shape, and the KV-cache
-    bytes per token this config implies."""
-    model = unwrap(model)
-    cfg = model.config
-    base_cfg = GPTConfig(**{k: getattr(cfg, k) for k in SHAPE_KEYS + ("tie_embeddings",)})
-    with torch.device("meta"):
-        base = GPT(base_cfg)
-    n_base, n = base.get_num_params(non_embedding=False), model.get_num_params(non_embedding=False)
-    on = [k for k in MECHANISM_SWITCHES if getattr(cfg, k)]
-    print(f"lensgpt: {cfg.n_layer} layers, {cfg.n_head} heads ({cfg.n_kv_head} KV"
-          f"{f', shared by {cfg.kv_share} layers' if cfg.kv_share > 1 else ''}), {cfg.n_embd} wide, "
-          f"block {cfg.block_size}, MLP x{cfg.mlp_expansion_ratio:g}"
-          f"{'' if cfg.tie_embeddings else ', untied embeddings'}; on: {', '.join(on) or 'nothing (GPT-2)'}")
-    for name, count in mechanism_param_counts(model).items():
-        print(f"  {name:<18} {count:>12,d} params  {100 * count / n_base:7.3f}% of GPT-2")
-    print(f"  {'total':<18} {n:>12,d} params  {100 * (n - n_base) / n_base:+7.3f}% vs GPT-2 "
-          f"({n_base:,d}, incl. embeddings)")
-    kv, kv_base = model.kv_cache_bytes_per_token(torch.float16), base.kv_cache_bytes_per_token(torch.float16)
-    print(f"  KV cache: {kv:,d} bytes/token in fp16 ({kv / kv_base:.2f}x GPT-2's {kv_base:,d}), "
-          f"{kv * cfg.block_size:,d} bytes for a full {cfg.block_size}-token context")
-    inp = model.kv_cache_bytes_per_token(torch.float16, form="input")
-    print(f"  input-form cache (ln_1 inputs, exact): {inp:,d} bytes/token ({inp / kv_base:.2f}x); "
-          f"kv_cache=True picks the {cache_form(cfg, True)} form")
+def __getattr__(name):
+    if name in ELSEWHERE:
+        import importlib
+        return getattr(importlib.import_module(ELSEWHERE[name]), name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -16,7 +16,9 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, require, setup_device
 from evaluate import dataset_meta
-from model import GPT, analyze_attn_gates, cache_form, remove_closed_attention
+from analysis import analyze_attn_gates, remove_closed_attention
+from engine import cache_form
+from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (from out_dir) or a GPT-2 name / local Hugging Face directory

@@ -24,8 +24,9 @@ from checkpoint import load_checkpoint, model_args_of, model_from_checkpoint, no
 from records import check_writable
 from configurator import configure, require, setup_device
 from evaluate import dataset_dir, dataset_meta, hits, load_split, window_starts, windows
-from model import (SHAPE_KEYS, GPT, GPTConfig, analyze_attn_gates, analyze_lens_gates, analyze_route_gates,
-                   apply_budget_schedule, apply_route_annealing, fix_attn_gates)
+from analysis import (analyze_attn_gates, analyze_lens_gates, analyze_route_gates, apply_budget_schedule,
+                      apply_route_annealing, fix_attn_gates)
+from model import SHAPE_KEYS, GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases

@@ -5,6 +5,14 @@ import sys
 import tempfile
 
 import pytest
+import torch
+
+# One thread in the test process and in every script it starts: the tiny models gain nothing from a
+# second, and OpenMP threads that spin-wait for a sibling the scheduler has parked (a busy machine)
+# make every small op wait a time slice, which stretched the suite from minutes to hours beside one
+# other CPU-bound job
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

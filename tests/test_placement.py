@@ -8,7 +8,8 @@ import torch
 
 from evaluate import greedy_order, pruning_curve, val_eval
 from model import (GPT, GPTConfig, KVCache, analyze_attn_gates, apply_budget_schedule, cache_forms,
-                   fix_attn_gates, load_base_weights, remove_closed_attention)
+                   fix_attn_gates, remove_closed_attention)
+from checkpoint import load_base_weights
 from test_model import FULL, TINY
 
 DEEP = dict(TINY, n_layer=4)
