@@ -17,6 +17,7 @@ import torch
 
 from configurator import ablation_names, configure, model_settings, require, setup_device
 from model import GPT, GPTConfig
+from records import check_writable, write_json
 
 # -----------------------------------------------------------------------------
 config = "config/ablation_full.py"  # what to time without --compare
@@ -37,11 +38,15 @@ device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 compile = False
 profile = False  # also print, per config, the operators that take the most time in one step (torch.profiler)
+json_path = ""  # --json_path=PATH (or --json=PATH) writes the rows
 # -----------------------------------------------------------------------------
+sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
 require((min(batch_size, block_size, n_layer, n_head, n_embd, vocab_size, steps, rounds) >= 1 and warmup >= 0,
          "batch_size, block_size, the model's sizes, steps and rounds must be >= 1, warmup >= 0"))
 device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
+if json_path:  # checked before minutes of measuring
+    check_writable(json_path, "json", is_dir=False)
 
 
 def peak_bytes_of_step(step, others):
@@ -124,6 +129,14 @@ for r in runs:
     ms, base_ms = 1000 * statistics.median(r["times"]), 1000 * statistics.median(base["times"])
     print(f"{r['name']:<18}{r['params']:>12,d}{ms:>10.1f}{ms / base_ms:>8.2f}{r['peak'] / 2**20:>10.1f}"
           f"{r['peak'] / base['peak']:>8.2f}")
+if json_path:
+    write_json(json_path, {"device": device, "torch": torch.__version__, "compile": compile, "dtype": dtype,
+                           "shape": dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                         batch_size=batch_size),
+                           "rows": [dict(config=r["name"], params=r["params"], ms_per_step=1000 * statistics.median(r["times"]),
+                                         x_base_time=statistics.median(r["times"]) / statistics.median(base["times"]),
+                                         peak_bytes=r["peak"], x_base_memory=r["peak"] / base["peak"]) for r in runs]})
+    print(f"wrote {json_path}")
 if profile:  # where the time goes: self time per operator over one step of each config
     from torch.profiler import ProfilerActivity, profile as torch_profile
     for r in runs:

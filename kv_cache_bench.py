@@ -253,7 +253,7 @@ def peer_rows():
         for _ in tqdm(range(rounds), desc="peer rounds", file=sys.stderr, dynamic_ncols=True):
             for k, call in calls.items():
                 ms[k].append(timed(call))
-    rows = [dict(engine=e, form=f, mode=m, batch_size=batch_size, prompt=peer_prompt, new_tokens=peer_new_tokens,
+    rows = [dict(engine=e, form=f, mode=m, shape=f"{n_layer}x{n_embd}", vocab_size=vocab_size, batch_size=batch_size, prompt=peer_prompt, new_tokens=peer_new_tokens,
                  ms_per_token=float(np.median(v)) / peer_new_tokens) for (e, f, m), v in ms.items()]
     ref = rows[0]["ms_per_token"]
     print(f"\nagainst transformers {transformers.__version__} (greedy generate, same weights, same tokens): "

@@ -219,7 +219,12 @@ class CausalSelfAttention(nn.Module):
         compute (and cache) them only."""
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        if self.owns_kv:
+        if cache is not None and input_pos is not None and cache.query_only:
+            # a cache that attends from x^ alone (the input form, without reciprocity) needs no K and V
+            # of the chunk: only c_attn's query rows are read, not W_k and W_v a second time
+            bias = None if self.c_attn.bias is None else self.c_attn.bias[:C]
+            q, k, v = F.linear(x, self.c_attn.weight[:C], bias), None, None
+        elif self.owns_kv:
             q, k, v = self.c_attn(x).split([C, Hkv * D, Hkv * D], dim=2)
             k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
             v = v.view(B, T, Hkv, D).transpose(1, 2)

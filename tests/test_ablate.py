@@ -17,6 +17,7 @@ FIELDS = {"config", "seed", "command", "model", "machine", "best_val_loss", "fin
           "attention_contribution", "history", "pruning"}
 
 
+@pytest.mark.slow
 def test_tiny_ablation_study(char_data, tmp_path):
     res, out = tmp_path / "results", tmp_path / "out"
     train_args = " ".join(TINY[1:] + ["--max_iters=12", "--eval_interval=6"])

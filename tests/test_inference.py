@@ -199,6 +199,7 @@ def trained(char_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sample_streams_and_reports_speed(trained):
     p = run("sample.py", f"--out_dir={trained}", "--num_samples=2", "--max_new_tokens=20", "--start=ROMEO:",
             "--device=cpu")
@@ -232,13 +233,21 @@ def test_sample_errors_and_prompts(trained, tmp_path):
 
 
 # ---------------------------------------------------------------------- kv_cache_bench.py
+@pytest.mark.slow
 def test_kv_cache_bench(trained, tmp_path):
     out = tmp_path / "kv.json"
     png = tmp_path / "curve.png"
     p = run("kv_cache_bench.py", "--configs=reciprocity,gqa,mqa,full", "--n_layer=2", "--n_embd=32",
             "--n_head=4", "--contexts=16,64", "--decode_tokens=2", "--throughput_context=64", "--mem_budget=0.0004",
-            "--throughput_steps=2", "--rounds=2", "--profile", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}")
+            "--throughput_steps=2", "--rounds=2", "--profile", f"--json={out}", f"--ckpt={trained}/ckpt.pt", "--eval_batches=2", f"--plot={png}",
+            "--peer=hf", "--peer_prompt=4", "--peer_new_tokens=4")
     data = json.loads(out.read_text())
+    # transformers' generate on the same weights: the reference row, then each form and mode of ours, all
+    # with transformers' tokens (kv_cache_bench exits 1 otherwise)
+    peer = [(r["engine"], r["form"], r["mode"]) for r in data["peer"]]
+    assert peer == [("transformers", "dynamic", "eager"), ("lensgpt", "kv", "eager"), ("lensgpt", "kv", "compiled"),
+                    ("lensgpt", "input", "eager"), ("lensgpt", "input", "compiled")]
+    assert data["peer"][0]["x_transformers"] == 1.0 and "against transformers" in p.stdout
     fields = {"config", "form", "context", "kv_bytes_per_token", "kv_bytes_per_token_measured", "prefill_ms",
               "decode_ms_eager", "decode_ms_compiled"}
     # the baseline is added (its K/V form is what every ratio is against); 5 configs x 2 forms x 2 contexts
@@ -261,3 +270,12 @@ def test_kv_cache_bench(trained, tmp_path):
     assert png.stat().st_size > 1000 and "with attention removed from 0, 1, 2, ... layers" in p.stdout
     assert "throughput at context 64" in p.stdout
     assert p.stdout.count("top operators by self time, one decode step at 64") == 10  # 5 configs x 2 forms
+
+
+def test_kv_cache_bench_peer_without_transformers(tmp_path):
+    """--peer=hf where transformers is not installed: one line, and the rest of the run goes on."""
+    (tmp_path / "transformers.py").write_text("raise ImportError('no transformers here')\n")
+    p = run("kv_cache_bench.py", "--configs=", "--peer=hf", env={"PYTHONPATH": str(tmp_path)})
+    assert "peer hf: skipped, transformers is not installed (pip install transformers)" in p.stdout
+    p = run("kv_cache_bench.py", "--configs=", "--peer=vllm", check=False)
+    assert p.returncode == 1 and p.stderr.strip().endswith("error: peer takes 'hf' (Hugging Face transformers) or nothing, got 'vllm'")

@@ -189,6 +189,7 @@ def test_greedy_pruning_removes_the_cheapest_layer_first():
     assert sorted(greedy_order(placed, select)) == [1, 3]  # only layers that have attention
 
 
+@pytest.mark.slow
 def test_budget_training_end_to_end(char_data, tmp_path):
     """train.py logs the gates, fixes them at attn_gate_fix_iter and saves a deterministic model, which
     sample.py and kv_cache_bench.py decode as its static attn_layers model; a checkpoint whose gates are

@@ -111,6 +111,7 @@ def test_loader_windows_start_at_sequences_and_ignore_all_but_answers(recall_dat
         mask.tofile(os.path.join(recall_data, "val_mask.bin"))
 
 
+@pytest.mark.slow
 def test_baseline_learns_recall_and_is_at_chance_without_attention(learn_data, tmp_path):
     out = tmp_path / "out"
     p = run("train.py", "config/ablation_baseline.py", "config/recall.py", f"--dataset={LEARN}",

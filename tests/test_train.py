@@ -24,7 +24,11 @@ def test_every_ablation_config_has_a_first_line_comment():
             assert f.readline().startswith("# "), name
 
 
-@pytest.mark.parametrize("name", ABLATIONS)
+# four configs that between them switch on every mechanism run in the quick suite, the rest in the slow one
+QUICK = ("ablation_baseline.py", "ablation_full.py", "ablation_attn_budget_half.py", "ablation_cla.py")
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ABLATIONS])
 def test_ablation_trains_and_loss_falls(name, char_data, tmp_path):
     p = run("train.py", f"config/{name}", *TINY, "--max_iters=40", "--eval_interval=40", "--learning_rate=3e-3",
             f"--out_dir={tmp_path}")
@@ -69,6 +73,7 @@ def test_a_killed_save_loses_nothing(tmp_path, monkeypatch):
     assert load_checkpoint(path)["iter_num"] == 1  # the previous checkpoint is intact
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_save_continues(char_data, tmp_path):
     schedule = ["--lr_decay_iters=20", "--route_anneal_start=4", "--route_anneal_end=16"]  # one for both parts
     run("train.py", "config/ablation_lens.py", *TINY, "--max_iters=10", "--eval_interval=10", *schedule,
@@ -123,6 +128,7 @@ def test_checkpoint_errors(char_data, tmp_path):
     assert "is not a readable checkpoint (truncated or corrupt?)" in p.stderr
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one(char_data, tmp_path):
     common = ["config/ablation_full.py", *TINY, "--max_iters=6", "--eval_interval=3", "--gradient_accumulation_steps=2"]
     one = run("train.py", *common, f"--out_dir={tmp_path / 'one'}")
@@ -136,6 +142,7 @@ def test_ddp_two_cpu_processes_match_one(char_data, tmp_path):
         assert torch.allclose(ca["model"][k], cb["model"][k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_ddp_sigterm_stops_every_rank_at_one_step(char_data, tmp_path):
     """torchrun forwards a scheduler's SIGTERM to its workers: both stop at the same logged iteration,
     rank 0 alone writes the checkpoint and says so once."""
@@ -157,6 +164,7 @@ def test_ddp_sigterm_stops_every_rank_at_one_step(char_data, tmp_path):
     assert f"interrupted (SIGTERM): saved iteration {ck['iter_num']} to {tmp_path / 'ckpt.pt'}" in out
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_files(char_data, tmp_path):
     pytest.importorskip("wandb")
     run("train.py", "config/ablation_route_gate.py", *TINY, "--max_iters=4", "--eval_interval=2", "--wandb_log=True",
@@ -177,6 +185,7 @@ def straight_run(char_data, tmp_path_factory):
     return load_checkpoint(str(out / "ckpt.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGUSR1"])
 def test_a_signal_saves_and_resumes_exactly(signame, straight_run, tmp_path):
     """Ctrl-C (SIGINT), a scheduler's SIGTERM and SLURM's --signal (SIGUSR1) mid-run: a checkpoint at the
@@ -206,6 +215,7 @@ def test_a_signal_saves_and_resumes_exactly(signame, straight_run, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_good_checkpoint(char_data, tmp_path):
     """A loss that turns non-finite stops the run at once with one line naming the iteration and the
     last good checkpoint, whose bytes stay as they were; a run that diverges before any save saves nothing."""
@@ -233,6 +243,7 @@ def test_a_checkpoint_is_never_written_with_non_finite_values(tmp_path):
     assert nonfinite({"model": {}, "val_loss": float("inf")}) == "val_loss"
 
 
+@pytest.mark.slow
 def test_one_run_per_out_dir(char_data, tmp_path):
     """A live run holds an OS lock on its out_dir: a second run into it is refused in one line naming the
     live run's pid; once the first is killed (SIGKILL: no chance to clean up) the next run starts."""
@@ -265,6 +276,7 @@ def test_unwritable_out_dir_is_checked_first(tmp_path):
     assert p.stderr.strip().startswith(f"error: out_dir={blocker / 'out'} cannot be written (")
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run(char_data, tmp_path):
     """A 20-iteration run extended to 40, as nanoGPT users do: the iteration count goes on from 20, the
     learning rate stays at min_lr after the decay that ended at 20, the annealing window is the first
@@ -287,6 +299,7 @@ def test_extending_a_finished_run(char_data, tmp_path):
         "says route_anneal_end=50")
 
 
+@pytest.mark.slow
 def test_short_run_schedule_follows_max_iters(char_data, tmp_path):
     """--max_iters after config/cpu.py (2000 iterations) takes the decay and the annealing window along,
     unless the same command sets them: a 60-iteration run anneals and decays within its own length."""
@@ -301,6 +314,7 @@ def test_short_run_schedule_follows_max_iters(char_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "b" / "ckpt.pt"))["config"]["lr_decay_iters"] == 50
 
 
+@pytest.mark.slow
 def test_wandb_without_a_key_never_waits(char_data, tmp_path):
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path)}  # no key, no ~/.netrc
     p = run("train.py", *TINY, "--max_iters=2", "--wandb_log=True", f"--out_dir={tmp_path / 'out'}", env=env, timeout=120)
