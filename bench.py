@@ -11,11 +11,10 @@ Tokens are random: this measures cost, not learning.
 import os
 import statistics
 import sys
-import time
 
 import torch
 
-from configurator import ablation_names, configure, model_settings, require, setup_device
+from configurator import ablation_names, configure, model_settings, print_top_operators, require, setup_device, time_ms
 from model import GPT, GPTConfig
 from records import check_writable, write_json
 
@@ -97,16 +96,6 @@ def make_runner(name, settings):
     return dict(name=name, step=step, params=model.get_num_params(), times=[], peak=peak_bytes_of_step(step, others))
 
 
-def timed(step):
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - t0) / steps
-
-
 if compare:
     todo = [(n, f"config/ablation_{n}.py") for n in ablation_names(compare)]
 else:
@@ -122,7 +111,7 @@ settings = [(name, model_settings(path, n_layer=n_layer, n_head=n_head, n_embd=n
 runs = [make_runner(name, knobs) for name, knobs in settings]
 for _ in range(rounds):  # interleaved, so a slow spell of a shared machine hits every config
     for r in runs:
-        r["times"].append(timed(r["step"]))
+        r["times"].append(time_ms(r["step"], device_type, steps) / 1000)
 base = runs[0]
 print(f"{'config':<18}{'params':>12}{'ms/step':>10}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
 for r in runs:
@@ -138,10 +127,5 @@ if json_path:
                                          peak_bytes=r["peak"], x_base_memory=r["peak"] / base["peak"]) for r in runs]})
     print(f"wrote {json_path}")
 if profile:  # where the time goes: self time per operator over one step of each config
-    from torch.profiler import ProfilerActivity, profile as torch_profile
     for r in runs:
-        with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])) as prof:
-            r["step"]()
-        print(f"\n{r['name']}: top operators by self time over one step")
-        print(prof.key_averages().table(sort_by="self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total",
-                                        row_limit=8))
+        print_top_operators(r["step"], device_type, f"{r['name']}: top operators by self time over one step")

@@ -24,13 +24,14 @@ def config_keys(g):
     return [k for k, v in g.items() if not k.startswith("_") and not k.isupper() and isinstance(v, PLAIN)]
 
 
-def _die(msg):
+def die(msg):
+    """The one way a script stops on bad input: one line, `error: ...`, exit status 1, no traceback."""
     raise SystemExit(f"error: {msg}")
 
 
 def _unknown(key, keys):
     near = difflib.get_close_matches(key, keys, n=1)
-    _die(f"unknown config key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    die(f"unknown config key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
 
 
 def _checked(key, value, default):
@@ -44,7 +45,7 @@ def _checked(key, value, default):
     if want is tuple and type(value) is list:
         return tuple(value)
     if type(value) is not want:
-        _die(f"config key '{key}' wants a {want.__name__}, got {value!r} ({type(value).__name__})")
+        die(f"config key '{key}' wants a {want.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -98,14 +99,14 @@ def configure(g, argv, follow=None):
             _help(g, keys)
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
-                _die(f"config file {arg} not found")
+                die(f"config file {arg} not found")
             ns = {k: g[k] for k in keys}
             with open(arg) as f:
                 src = f.read()
             try:
                 exec(compile(src, arg, "exec"), ns)
             except Exception as e:  # a config file is user code: report it in one line
-                _die(f"config file {arg} failed: {type(e).__name__}: {e}")
+                die(f"config file {arg} failed: {type(e).__name__}: {e}")
             # what the file assigns, even to the value it already had (it parsed, so this does too)
             assigned = {t.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Assign)
                         for t in node.targets if isinstance(t, ast.Name)}
@@ -129,7 +130,7 @@ def configure(g, argv, follow=None):
                 elif argv and not argv[0].startswith("--"):
                     text = argv.pop(0)
                 else:
-                    _die(f"--{k} needs a value (--{k}=VALUE)")
+                    die(f"--{k} needs a value (--{k}=VALUE)")
             assign({k: text if isinstance(g[k], str) else _checked(k, parse_value(text), g[k])})
     return keys
 
@@ -149,9 +150,9 @@ def model_settings(path, **context):
     try:
         same = knobs and GPTConfig(**dims, **knobs) == GPTConfig(**dims)
     except ValueError as e:
-        _die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())}: {e}")
+        die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())}: {e}")
     if same and not path.endswith("ablation_baseline.py"):
-        _die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())} is the baseline "
+        die(f"{path} at {', '.join(f'{k}={v}' for k, v in dims.items())} is the baseline "
              f"({', '.join(f'{k}={v!r}' for k, v in knobs.items())} changes nothing at this shape); choose a shape "
              "where it differs, e.g. more heads")
     return knobs
@@ -161,7 +162,7 @@ def require(*checks):
     """Each check is (condition, message): the first that fails is a one-line error, before any work."""
     for ok, msg in checks:
         if not ok:
-            _die(msg)
+            die(msg)
 
 
 def ablation_names(spec):
@@ -174,7 +175,7 @@ def ablation_names(spec):
                        for p in glob.glob(os.path.join(root, "config", "ablation_*.py")))
     for n in names:
         if not os.path.isfile(os.path.join(root, "config", f"ablation_{n}.py")):
-            _die(f"no config file config/ablation_{n}.py")
+            die(f"no config file config/ablation_{n}.py")
     if names:
         names = ["baseline"] + [n for n in names if n != "baseline"]
     return names
@@ -196,17 +197,17 @@ def setup_device(device=None, dtype=None):
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device_type = str(device).split(":")[0]
     if device_type not in ("cpu", "cuda", "mps"):
-        _die(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+        die(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
     if device_type == "cuda" and not torch.cuda.is_available():
-        _die(f"device={device}, but this machine has no CUDA device (torch {torch.__version__}); use --device=cpu")
+        die(f"device={device}, but this machine has no CUDA device (torch {torch.__version__}); use --device=cpu")
     if device_type == "cuda" and ":" in str(device) and int(str(device).split(":")[1]) >= torch.cuda.device_count():
-        _die(f"device={device}, but this machine has {torch.cuda.device_count()} CUDA devices")
+        die(f"device={device}, but this machine has {torch.cuda.device_count()} CUDA devices")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        _die(f"device={device}, but MPS is not available on this machine; use --device=cpu")
+        die(f"device={device}, but MPS is not available on this machine; use --device=cpu")
     if dtype is None:
         dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
     if dtype not in DTYPES:
-        _die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        die(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     if dtype == "float16" and device_type == "cpu":
         print("warning: float16 on a CPU is emulated and several times slower than bfloat16 or float32",
               file=sys.stderr)
@@ -216,3 +217,28 @@ def setup_device(device=None, dtype=None):
     ptdtype = getattr(torch, dtype)
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
     return device, device_type, dtype, ptdtype, ctx
+
+
+def time_ms(fn, device_type, repeat=1):
+    """Milliseconds per call of fn(), over `repeat` calls, the device synchronized before and after: the
+    one timer of bench.py and kv_cache_bench.py."""
+    import time
+
+    import torch
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return 1000 * (time.perf_counter() - t0) / repeat
+
+
+def print_top_operators(fn, device_type, title, rows=8):
+    """Where the time goes: torch.profiler's operators by self time over one call of fn()."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device_type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+    print(f"\n{title}")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows))

@@ -1,6 +1,7 @@
 """Data loading and evaluation shared by train.py, kv_cache_bench.py and ablate.py: windows of a
 token file (with ignored targets where the dataset has a mask), fixed validation batches, loss and
-accuracy with attention pruned from chosen layers, and the orders in which to prune layers."""
+accuracy with attention pruned from chosen layers, the orders in which to prune layers, and a trained
+run read back with its pruning curve."""
 import os
 import pickle
 from contextlib import nullcontext
@@ -8,7 +9,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from analysis import attention_contribution
+from analysis import analyze_attn_gates, attention_contribution, remove_closed_attention
+from checkpoint import load_checkpoint, model_from_checkpoint
+from engine import cache_forms
+from records import PruningPoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -134,17 +138,46 @@ def pruning_orders(model, batches, select_batches=None, ctx=None):
 
 @torch.no_grad()
 def pruning_curve(model, batches, ctx=None, select_batches=None):
-    """Validation loss (and accuracy, where the dataset scores answers) as attention is removed from
-    0, 1, 2, ... of the attention layers in each pruning order, with the KV bytes per token at each
-    step, counted at 16-bit precision in the K/V form. Returns (rows, attention contributions); the one
-    pipeline that ablate.py and kv_cache_bench.py share."""
+    """A PruningPoint for 0, 1, 2, ... of the attention layers removed in each pruning order: validation
+    loss and accuracy on `batches`, and the 16-bit cache bytes per token in each cache form the config
+    can use. Returns (points, attention contributions)."""
     orders, contrib = pruning_orders(model, batches, select_batches, ctx)
-    rows = []
+    points = []
     for ranking, order in orders.items():
         for k in range(len(order) + 1):
             skip = tuple(sorted(order[:k]))
             with ctx or nullcontext():
                 loss, acc = val_eval(model, batches, skip)
-            rows.append(dict(ranking=ranking, layers_pruned=k, pruned=list(skip), val_loss=loss, val_acc=acc,
-                             kv_bytes_per_token=model.kv_cache_bytes_per_token(torch.float16, skip)))
-    return rows, contrib
+            kv = {f: model.kv_cache_bytes_per_token(torch.float16, skip, f) for f in cache_forms(model.config)}
+            points.append(PruningPoint(layers=list(skip), val_loss=loss, val_acc=acc, kv_bytes_per_token=kv,
+                                       ranking=ranking))
+    return points, contrib
+
+
+def trained_model(path, device="cpu"):
+    """(checkpoint, model, gates) of a finished run: a budget run's model is the static model it became
+    (its closed layers removed, exactly), and `gates` its gates' analysis (None without a budget). Gates
+    not yet fixed are a one-line error."""
+    ck = load_checkpoint(path, map_location=device)
+    model = model_from_checkpoint(ck, path)
+    gates = analyze_attn_gates(model) if model.config.attn_budget is not None else None
+    try:
+        model = remove_closed_attention(model)
+    except ValueError as e:
+        raise SystemExit(f"error: {path}: {e}")
+    return ck, model.to(device).eval(), gates
+
+
+def checkpoint_curve(model, dataset, n_batches, batch_size, device, ctx=None, seed=1337):
+    """(points, contributions, recall) of a trained model: its pruning curve on fixed validation batches,
+    the greedy order chosen on as many training batches (never on the batches the curve reports);
+    accuracy only where the dataset scores answers (the recall set)."""
+    bs = model.config.block_size
+    batches = val_batches(dataset, bs, n_batches, batch_size, device, seed)
+    select = val_batches(dataset, bs, n_batches, batch_size, device, seed, split="train")
+    recall = bool(dataset_meta(dataset).get("mask"))
+    points, contrib = pruning_curve(model, batches, ctx, select_batches=select)
+    if not recall:
+        for p in points:
+            p.val_acc = None
+    return points, contrib, recall

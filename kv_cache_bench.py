@@ -20,23 +20,21 @@ $ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
 $ python kv_cache_bench.py --configs= --peer=hf --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50257  # vs transformers
 """
+import dataclasses
 import glob
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ablation_names, configure, model_settings, require, setup_device
-from records import atomic_write, check_writable, write_json
-from evaluate import dataset_meta, pruning_curve, val_batches
-from analysis import remove_closed_attention
+from configurator import ablation_names, configure, model_settings, print_top_operators, require, setup_device, time_ms
 from engine import KVCache, compiled_decode_step, decode_step
+from evaluate import checkpoint_curve, trained_model
 from model import GPT, GPTConfig
+from records import CheckpointCurve, DecodeRow, PeerRow, ThroughputRow, atomic_write, check_writable, write_json
 
 # -----------------------------------------------------------------------------
 configs = "all"  # comma-separated ablation names (config/ablation_NAME.py), 'all', or '' for none (only --ckpt)
@@ -95,20 +93,6 @@ if throughput_context > block or min(ctx_lens) <= decode_tokens:
     raise SystemExit(f"error: need decode_tokens < every context and throughput_context <= {block}")
 
 
-def sync():
-    if is_cuda:
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    """Milliseconds that fn() takes."""
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return 1000 * (time.perf_counter() - t0)
-
-
 def step_fn(mode):
     """The decode step to time, eager or through torch.compile (one graph per model and shape)."""
     return decode_step if mode == "eager" else compiled_decode_step(device_type)
@@ -120,14 +104,29 @@ def decode_ms(model, cache, idx, start, step):
     ms = []
     for i in range(start - 1, idx.size(1)):
         pos = torch.tensor([i], device=device)
-        ms.append(timed(lambda: step(model, idx[:, i:i + 1], cache, pos)))
+        ms.append(time_ms(lambda: step(model, idx[:, i:i + 1], cache, pos), device_type))
     return float(np.median(ms[1:]))
+
+
+# ----------------------------------------------------------------------------- phases
+def build(names):
+    """(name, model, form) for every config and cache form to measure: random-weight models at the
+    benchmark's shape, the baseline's K/V form first (every ratio is against it)."""
+    models = []
+    for name in names:
+        torch.manual_seed(seed)
+        cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                        **model_settings(f"config/ablation_{name}.py", n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+        model = GPT(cfg).to(device).eval()
+        for form in (form_list if name != "baseline" else ["kv"] + [f for f in form_list if f != "kv"]):
+            models.append((name, model, form))
+    return models
 
 
 @torch.no_grad()
 def measure(models):
-    """Records for every (config, model, form) at every context length: prefill and decode timings are
-    medians over `rounds` rounds, each of which times every slot once, so a slow spell of a shared
+    """A DecodeRow for every (config, model, form) at every context length: prefill and decode timings
+    are medians over `rounds` rounds, each of which times every slot once, so a slow spell of a shared
     machine hits every config alike."""
     slots = []
     for name, model, form in models:
@@ -146,33 +145,28 @@ def measure(models):
             start = s["c"] - decode_tokens
             with ctx:
                 s["cache"].reset()
-                s["prefill"].append(timed(lambda: s["model"](s["idx"][:, :start], cache=s["cache"])))
+                s["prefill"].append(time_ms(lambda: s["model"](s["idx"][:, :start], cache=s["cache"]), device_type))
                 for m in mode_list:
                     s["decode"][m].append(decode_ms(s["model"], s["cache"], s["idx"], start, step_fn(m)))
     if profile:  # where the time goes: one eager decode step at the largest context, per config and form
-        from torch.profiler import ProfilerActivity, profile as torch_profile
         for s in (s for s in slots if s["c"] == max(ctx_lens)):
             pos = torch.tensor([s["c"] - 1], device=device)
-            with ctx, torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                decode_step(s["model"], s["idx"][:, -1:], s["cache"], pos)
-            print(f"\n{s['name']} ({s['form']} form): top operators by self time, one decode step at {s['c']}")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=6))
-    rows = []
-    for s in slots:
-        m = s["model"]
-        row = dict(config=s["name"], form=s["form"], context=s["c"], batch_size=batch_size, dtype=dtype,
-                   kv_bytes_per_token=m.kv_cache_bytes_per_token(ptdtype, form=s["form"]),
-                   kv_bytes_per_token_measured=s["cache"].nbytes() / (batch_size * s["c"]),
-                   prefill_ms=float(np.median(s["prefill"])))
-        rows.append(dict(row, **{f"decode_ms_{k}": float(np.median(v)) for k, v in s["decode"].items()}))
-    return rows
+            with ctx:
+                print_top_operators(lambda: decode_step(s["model"], s["idx"][:, -1:], s["cache"], pos), device_type,
+                                    f"{s['name']} ({s['form']} form): top operators by self time, one decode step at "
+                                    f"{s['c']}", rows=6)
+    return [DecodeRow(config=s["name"], form=s["form"], context=s["c"], batch_size=batch_size, dtype=dtype,
+                      kv_bytes_per_token=s["model"].kv_cache_bytes_per_token(ptdtype, form=s["form"]),
+                      kv_bytes_per_token_measured=s["cache"].nbytes() / (batch_size * s["c"]),
+                      prefill_ms=float(np.median(s["prefill"])),
+                      decode_ms={k: float(np.median(v)) for k, v in s["decode"].items()}) for s in slots]
 
 
 @torch.no_grad()
 def throughput(name, model, form, budget):
-    """Tokens/s decoding at throughput_context for batch sizes doubling up to the largest whose cache
-    fits the budget, and that largest one. The caches are filled with random values, not prefilled:
-    a decode step's time does not depend on what the cache holds."""
+    """ThroughputRows: tokens/s decoding at throughput_context for batch sizes doubling up to the largest
+    whose cache fits the budget, and that largest one. The caches are filled with random values, not
+    prefilled: a decode step's time does not depend on what the cache holds."""
     per_seq = model.kv_cache_bytes_per_token(ptdtype, form=form) * throughput_context
     largest = int(budget // per_seq)
     sizes = sorted({b for b in (2 ** i for i in range(largest.bit_length())) if b <= largest} | {largest} - {0})
@@ -186,35 +180,18 @@ def throughput(name, model, form, budget):
                 t.normal_()
             idx = torch.randint(vocab_size, (b, throughput_context), device=device)
             ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
-        out.append(dict(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
-                        cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest))
+        out.append(ThroughputRow(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
+                                 cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest))
         del cache
         if is_cuda:
             torch.cuda.empty_cache()
     return out
 
 
-def checkpoint_curve(path):
-    """The pruning curve of a trained checkpoint (evaluate.pruning_curve), named by its run directory."""
-    ck = load_checkpoint(path, map_location=device)
-    try:  # a budget run's closed layers go: what is pruned further is the static model it became
-        model = remove_closed_attention(model_from_checkpoint(ck, path)).to(device).eval()
-    except ValueError as e:
-        raise SystemExit(f"error: {path}: {e}")
-    name = os.path.relpath(os.path.dirname(os.path.abspath(path)))
-    data = ck["config"]["dataset"]
-    batches = val_batches(data, model.config.block_size, eval_batches, eval_batch_size, device, seed)
-    select = val_batches(data, model.config.block_size, eval_batches, eval_batch_size, device, seed, split="train")
-    recall = bool(dataset_meta(data).get("mask"))  # answers only: accuracy is the measure
-    rows, contrib = pruning_curve(model, batches, ctx, select_batches=select)
-    return [dict(r, config=name, checkpoint=path, val_acc=r["val_acc"] if recall else None,
-                 attention_contribution=contrib) for r in rows]
-
-
 @torch.no_grad()
 def peer_rows():
-    """Hugging Face transformers' greedy generate (its default dynamic cache) against lensgpt's generate
-    in each cache form and mode, on the same random GPT-2 weights (GPT.from_pretrained of the
+    """PeerRows: Hugging Face transformers' greedy generate (its default dynamic cache) against lensgpt's
+    generate in each cache form and mode, on the same random GPT-2 weights (GPT.from_pretrained of the
     transformers model), batch_size prompts of peer_prompt tokens and peer_new_tokens new ones: the
     whole call timed, medians of `rounds` interleaved rounds after one warm-up call each. Every
     contender's tokens must equal transformers'."""
@@ -224,10 +201,9 @@ def peer_rows():
         print("peer hf: skipped, transformers is not installed (pip install transformers)")
         return []
     import tempfile
-    n_pos = peer_prompt + peer_new_tokens
     torch.manual_seed(seed)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_pos, vocab_size=vocab_size,
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=peer_prompt + peer_new_tokens, vocab_size=vocab_size,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)).eval()
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
@@ -252,110 +228,96 @@ def peer_rows():
                                  "transformers on the same weights")
         for _ in tqdm(range(rounds), desc="peer rounds", file=sys.stderr, dynamic_ncols=True):
             for k, call in calls.items():
-                ms[k].append(timed(call))
-    rows = [dict(engine=e, form=f, mode=m, shape=f"{n_layer}x{n_embd}", vocab_size=vocab_size, batch_size=batch_size, prompt=peer_prompt, new_tokens=peer_new_tokens,
-                 ms_per_token=float(np.median(v)) / peer_new_tokens) for (e, f, m), v in ms.items()]
-    ref = rows[0]["ms_per_token"]
-    print(f"\nagainst transformers {transformers.__version__} (greedy generate, same weights, same tokens): "
-          f"{n_layer}x{n_embd}, vocab {vocab_size}, batch {batch_size}, {peer_prompt}-token prompt + "
-          f"{peer_new_tokens} new, whole call, median of {rounds} interleaved rounds")
-    print(f"{'engine':<14}{'form':<9}{'mode':<10}{'ms/token':>10}{'x transformers':>16}")
+                ms[k].append(time_ms(call, device_type))
+    rows = [PeerRow(engine=e, form=f, mode=m, shape=f"{n_layer}x{n_embd}", vocab_size=vocab_size, batch_size=batch_size,
+                    prompt=peer_prompt, new_tokens=peer_new_tokens, ms_per_token=float(np.median(v)) / peer_new_tokens)
+            for (e, f, m), v in ms.items()]
     for r in rows:
-        r["x_transformers"] = r["ms_per_token"] / ref
-        print(f"{r['engine']:<14}{r['form']:<9}{r['mode']:<10}{r['ms_per_token']:>10.2f}{r['x_transformers']:>15.2f}x")
+        r.x_transformers = r.ms_per_token / rows[0].ms_per_token
     return rows
 
 
-# ----------------------------------------------------------------------------- main
-names = ablation_names(configs)  # ratios need the baseline of this run: it comes first
-if peer not in ("", "hf"):
-    raise SystemExit(f"error: peer takes 'hf' (Hugging Face transformers) or nothing, got {peer!r}")
-require((peer_prompt >= 1 and peer_new_tokens >= 1, "peer_prompt and peer_new_tokens must be >= 1"))
-if not names and not ckpt and not peer:
-    raise SystemExit("error: nothing to measure: give --configs, --ckpt or --peer")
-machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
-    else torch.cuda.get_device_name()
-budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[0] if is_cuda else 2 * 2**30)
-print(f"kv_cache_bench: {dtype} on {device} ({machine}), torch {torch.__version__}"
-      + (f"; random-weight models: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}"
-         if names else ""))
-models = []
-for name in names:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(block_size=block, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                    **model_settings(f"config/ablation_{name}.py", n_layer=n_layer, n_head=n_head, n_embd=n_embd))
-    model = GPT(cfg).to(device).eval()
-    for form in (form_list if name != "baseline" else ["kv"] + [f for f in form_list if f != "kv"]):
-        models.append((name, model, form))
-records = measure(models) if models else []
-through = []
-for name, model, form in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
-                              dynamic_ncols=True):
-    through += throughput(name, model, form, budget)
+def prune(paths):
+    """A CheckpointCurve per trained checkpoint: its pruning curve (evaluate.checkpoint_curve), named by
+    its run directory."""
+    curves = []
+    for path in tqdm(paths, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
+        ck, model, _ = trained_model(path, device)
+        points, contrib, _ = checkpoint_curve(model, ck["config"]["dataset"], eval_batches, eval_batch_size, device,
+                                              ctx, seed)
+        curves.append(CheckpointCurve(checkpoint=path, config=os.path.relpath(os.path.dirname(os.path.abspath(path))),
+                                      attention_contribution=contrib, points=points))
+    return curves
 
-W = max([len(n) for n in names] + [14]) + 2  # the config column, wide enough for every name
-if names:
-    base = {r["context"]: r for r in records if r["config"] == "baseline" and r["form"] == "kv"}
+
+# ----------------------------------------------------------------------------- tables
+def print_decode(records, names):
+    W = max([len(n) for n in names] + [14]) + 2  # the config column, wide enough for every name
+    base = {r.context: r for r in records if r.config == "baseline" and r.form == "kv"}
     big = max(ctx_lens)
     head = f"{'config':<{W}}{'form':<7}{'KV B/tok':>9}{'measured':>9}{'x base':>7}"
     head += "".join(f"{'prefill@' + str(c):>13}" for c in ctx_lens)
     head += "".join(f"{m + '@' + str(c):>16}" for m in mode_list for c in ctx_lens)
     head += "".join(f"{'x base ' + m[:5]:>13}" for m in mode_list)
     print("\n" + head)
-    for name, form in dict.fromkeys((r["config"], r["form"]) for r in records):
-        rows = {r["context"]: r for r in records if r["config"] == name and r["form"] == form}
+    for name, form in dict.fromkeys((r.config, r.form) for r in records):
+        rows = {r.context: r for r in records if r.config == name and r.form == form}
         r0 = rows[big]
-        line = (f"{name:<{W}}{form:<7}{r0['kv_bytes_per_token']:>9,d}{r0['kv_bytes_per_token_measured']:>9,.0f}"
-                f"{r0['kv_bytes_per_token'] / base[big]['kv_bytes_per_token']:>7.2f}")
-        line += "".join(f"{rows[c]['prefill_ms']:>10.1f} ms" for c in ctx_lens)
-        line += "".join(f"{rows[c][f'decode_ms_{m}']:>13.2f} ms" for m in mode_list for c in ctx_lens)
-        line += "".join(f"{r0[f'decode_ms_{m}'] / base[big][f'decode_ms_{m}']:>12.2f}x" for m in mode_list)
+        line = (f"{name:<{W}}{form:<7}{r0.kv_bytes_per_token:>9,d}{r0.kv_bytes_per_token_measured:>9,.0f}"
+                f"{r0.kv_bytes_per_token / base[big].kv_bytes_per_token:>7.2f}")
+        line += "".join(f"{rows[c].prefill_ms:>10.1f} ms" for c in ctx_lens)
+        line += "".join(f"{rows[c].decode_ms[m]:>13.2f} ms" for m in mode_list for c in ctx_lens)
+        line += "".join(f"{r0.decode_ms[m] / base[big].decode_ms[m]:>12.2f}x" for m in mode_list)
         print(line)
     print(f"KV B/tok: analytic bytes per token in {dtype} (all layers), measured: bytes the cache holds / (batch x "
           f"context); ms per decoded token at each context, batch {batch_size}; x base: decode at {big} against "
           "the baseline's K/V form")
-if through:
-    ref = max((t for t in through if t["config"] == "baseline" and t["form"] == "kv"), key=lambda t: t["batch_size"])
-    sizes = sorted({t["batch_size"] for t in through if not t["largest"] or t["batch_size"] & (t["batch_size"] - 1) == 0})
+
+
+def print_throughput(through, names, budget):
+    W = max([len(n) for n in names] + [14]) + 2
+    ref = max((t for t in through if t.config == "baseline" and t.form == "kv"), key=lambda t: t.batch_size)
+    sizes = sorted({t.batch_size for t in through if not t.largest or t.batch_size & (t.batch_size - 1) == 0})
     print(f"\nthroughput at context {throughput_context}, caches within {budget / 2**30:.1f} GiB "
-          f"({through[0]['mode']} decoding), tokens/s:")
+          f"({through[0].mode} decoding), tokens/s:")
     print(f"{'config':<{W}}{'form':<7}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
           + "".join(f"{'b=' + str(b):>10}" for b in sizes))
-    for name, form in dict.fromkeys((t["config"], t["form"]) for t in through):
-        rows = [t for t in through if t["config"] == name and t["form"] == form]
+    for name, form in dict.fromkeys((t.config, t.form) for t in through):
+        rows = [t for t in through if t.config == name and t.form == form]
         top = rows[-1]
-        per_b = {t["batch_size"]: t["tokens_per_s"] for t in rows}
-        print(f"{name:<{W}}{form:<7}{top['batch_size']:>10d}{top['batch_size'] / ref['batch_size']:>7.2f}"
-              f"{top['tokens_per_s']:>13.1f}{top['tokens_per_s'] / ref['tokens_per_s']:>7.2f}"
+        per_b = {t.batch_size: t.tokens_per_s for t in rows}
+        print(f"{name:<{W}}{form:<7}{top.batch_size:>10d}{top.batch_size / ref.batch_size:>7.2f}"
+              f"{top.tokens_per_s:>13.1f}{top.tokens_per_s / ref.tokens_per_s:>7.2f}"
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
     print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's K/V form")
 
-peers = peer_rows() if peer else []
 
-pruning = []
-ckpts = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
-if ckpt and not ckpts:
-    raise SystemExit(f"error: no checkpoint matches {ckpt}")
-for path in tqdm(ckpts, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
-    pruning += checkpoint_curve(path)
-if pruning:
-    most = max(r["layers_pruned"] for r in pruning)
+def print_peer(rows):
+    import transformers
+    print(f"\nagainst transformers {transformers.__version__} (greedy generate, same weights, same tokens): "
+          f"{n_layer}x{n_embd}, vocab {vocab_size}, batch {batch_size}, {peer_prompt}-token prompt + "
+          f"{peer_new_tokens} new, whole call, median of {rounds} interleaved rounds")
+    print(f"{'engine':<14}{'form':<9}{'mode':<10}{'ms/token':>10}{'x transformers':>16}")
+    for r in rows:
+        print(f"{r.engine:<14}{r.form:<9}{r.mode:<10}{r.ms_per_token:>10.2f}{r.x_transformers:>15.2f}x")
+
+
+def print_pruning(curves):
+    most = max(len(p.layers) for c in curves for p in c.points)
     print(f"\n{'checkpoint':<36}{'ranking':<14}" + "".join(f"{'-' + str(k):>8}" for k in range(most + 1)))
-    for (cname, ranking) in dict.fromkeys((r["config"], r["ranking"]) for r in pruning):
-        rows = [r for r in pruning if r["config"] == cname and r["ranking"] == ranking]
-        print(f"{cname:<36}{ranking:<14}" + "".join(f"{r['val_loss']:>8.3f}" for r in rows))
-        if rows[0]["val_acc"] is not None:
-            print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{r['val_acc']:>8.3f}" for r in rows))
+    for c in curves:
+        for ranking in dict.fromkeys(p.ranking for p in c.points):
+            rows = [p for p in c.points if p.ranking == ranking]
+            print(f"{c.config:<36}{ranking:<14}" + "".join(f"{p.val_loss:>8.3f}" for p in rows))
+            if rows[0].val_acc is not None:
+                print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{p.val_acc:>8.3f}" for p in rows))
     print("val loss (and recall accuracy on the recall set) with attention removed from 0, 1, 2, ... layers; "
           "KV bytes per token (16-bit, K/V form) fall as (L - k) / L")
 
-if json_path:
-    write_json(json_path, {"machine": machine, "device": device, "torch": torch.__version__, "records": records,
-                           "throughput": through, "pruning": pruning, "peer": peers})
-    print(f"wrote {json_path}")
-if plot:
-    if not pruning:
-        raise SystemExit("error: --plot needs trained checkpoints (--ckpt)")
+
+def plot_pruning(curves, path):
+    """Validation loss (or, on the recall set, accuracy) against 16-bit K/V bytes per token, one line per
+    checkpoint and pruning order."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -363,16 +325,65 @@ if plot:
     except ImportError:
         raise SystemExit("error: --plot needs matplotlib (pip install matplotlib)")
     fig, ax = plt.subplots(figsize=(7, 5))
-    key = "val_acc" if all(r["val_acc"] is not None for r in pruning) else "val_loss"
-    for (cname, ranking) in dict.fromkeys((r["config"], r["ranking"]) for r in pruning):
-        rows = [r for r in pruning if r["config"] == cname and r["ranking"] == ranking]
-        ax.plot([r["kv_bytes_per_token"] for r in rows], [r[key] for r in rows], marker="o",
-                label=f"{cname} ({ranking})")
-    what = "Recall accuracy" if key == "val_acc" else "Validation loss"
+    acc = all(p.val_acc is not None for c in curves for p in c.points)
+    for c in curves:
+        for ranking in dict.fromkeys(p.ranking for p in c.points):
+            rows = [p for p in c.points if p.ranking == ranking]
+            ax.plot([p.kv_bytes_per_token["kv"] for p in rows], [p.val_acc if acc else p.val_loss for p in rows],
+                    marker="o", label=f"{c.config} ({ranking})")
+    what = "Recall accuracy" if acc else "Validation loss"
     ax.set_xlabel("KV cache bytes per token (16-bit, K/V form)")
     ax.set_ylabel(what.lower())
     ax.set_title(f"{what} as attention is pruned layer by layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(plot, lambda f: fig.savefig(f, dpi=120, format="png"))
-    print(f"wrote {plot}")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    names = ablation_names(configs)  # ratios need the baseline of this run: it comes first
+    if peer not in ("", "hf"):
+        raise SystemExit(f"error: peer takes 'hf' (Hugging Face transformers) or nothing, got {peer!r}")
+    require((peer_prompt >= 1 and peer_new_tokens >= 1, "peer_prompt and peer_new_tokens must be >= 1"))
+    if not names and not ckpt and not peer:
+        raise SystemExit("error: nothing to measure: give --configs, --ckpt or --peer")
+    paths = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
+    if ckpt and not paths:
+        raise SystemExit(f"error: no checkpoint matches {ckpt}")
+    if plot and not paths:
+        raise SystemExit("error: --plot needs trained checkpoints (--ckpt)")
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if not is_cuda \
+        else torch.cuda.get_device_name()
+    budget = mem_budget * 2**30 if mem_budget else (0.8 * torch.cuda.mem_get_info()[0] if is_cuda else 2 * 2**30)
+    print(f"kv_cache_bench: {dtype} on {device} ({machine}), torch {torch.__version__}"
+          + (f"; random-weight models: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block}, batch {batch_size}"
+             if names else ""))
+    models = build(names)
+    records = measure(models) if models else []
+    through = []
+    for name, model, form in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
+                                  dynamic_ncols=True):
+        through += throughput(name, model, form, budget)
+    if records:
+        print_decode(records, names)
+    if through:
+        print_throughput(through, names, budget)
+    peers = peer_rows() if peer else []
+    if peers:
+        print_peer(peers)
+    curves = prune(paths)
+    if curves:
+        print_pruning(curves)
+    if json_path:
+        write_json(json_path, {"machine": machine, "device": device, "torch": torch.__version__,
+                               **{k: [dataclasses.asdict(r) for r in v] for k, v in (
+                                   ("records", records), ("throughput", through), ("peer", peers), ("pruning", curves))}})
+        print(f"wrote {json_path}")
+    if plot:
+        plot_pruning(curves, plot)
+
+
+if __name__ == "__main__":
+    main()

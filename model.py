@@ -11,7 +11,7 @@ They fold into ONE scaled_dot_product_attention call, with every gate on the que
 Width D with discoverability alone (an offset query), 2D with reciprocity; no T x T matrix is built,
 the mask (applied after mixing) keeps it causal, and the cache keeps the raw, ungated [k | q].
 Everything a past token contributes is linear in its ln_1 output x^_j, so the cache may keep x^_j
-instead (E values per layer) and decode with the projections absorbed into the query (KVCache).
+instead (E values per layer) and decode with the projections absorbed into the query (engine.py).
 
 Block, with the route gate g = sigmoid(route_raw + route_bias):
     a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
@@ -599,8 +599,9 @@ ELSEWHERE = {**dict.fromkeys(("apply_route_annealing", "apply_budget_schedule", 
                               "analyze_route_gates", "analyze_lens_gates", "analyze_attn_gates", "fix_attn_gates",
                               "remove_closed_attention", "attention_contribution", "mechanism_param_counts",
                               "print_architecture_summary", "patch_gpt2_with_lens_attention"), "analysis"),
-             **dict.fromkeys(("KVCache", "cache_form", "cache_forms", "kv_layer_values", "generate", "generate_stream", "decode_step", "compiled_decode_step",
-                              "sample_next"), "engine")}
+             **dict.fromkeys(("KVCache", "cache_form", "cache_forms", "kv_layer_values", "generate", "generate_stream",
+                              "decode_step", "compiled_decode_step", "sample_next"), "engine"),
+             "load_base_weights": "checkpoint"}
 
 
 def __getattr__(name):

@@ -17,9 +17,10 @@ import re
 import statistics
 import sys
 import warnings
+from typing import NamedTuple
 
 from configurator import ablation_names, configure
-from records import atomic_write, check_writable, load_record, write_json, write_text
+from records import Study, atomic_write, check_writable, load_run, write_record, write_text
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(ROOT, "README.md")
@@ -32,9 +33,9 @@ readme = True  # rewrite the README's report blocks from results/
 
 def load_records(study):
     """Every run record of a study folder, in the study's config order (baseline first), then by seed."""
-    records = [load_record(path) for path in glob.glob(os.path.join(study, "*", "seed*.json"))]
+    records = [load_run(path) for path in glob.glob(os.path.join(study, "*", "seed*.json"))]
     order = {n: i for i, n in enumerate(ablation_names("all"))}
-    return sorted(records, key=lambda r: (order.get(r["config"], len(order)), r["config"], r["seed"]))
+    return sorted(records, key=lambda r: (order.get(r.config, len(order)), r.config, r.seed))
 
 
 # ----------------------------------------------------------------------------- the stated test
@@ -89,40 +90,40 @@ def learned_at(history, level=0.9):
 # ----------------------------------------------------------------------------- summary
 def summarize(records):
     """Per config, in the records' order: means and spreads over its seeds, and the tests against the baseline."""
-    names = list(dict.fromkeys(r["config"] for r in records))
+    names = list(dict.fromkeys(r.config for r in records))
     if "baseline" not in names:
         raise SystemExit("error: the study has no baseline runs to compare with")
-    recall = all(r.get("eval_val_acc") is not None for r in records)
+    recall = all(r.eval_val_acc is not None for r in records)
     S = {}
     for name in names:
-        rs = [r for r in records if r["config"] == name]
-        s = {"n": len(rs), "kv": rs[0]["kv_bytes_per_token"],
-             "params": rs[0]["params"], "tokens": rs[0]["tokens_seen"], "model": rs[0]["model"],
-             "losses": [r["best_val_loss"] for r in rs]}
+        rs = [r for r in records if r.config == name]
+        s = {"n": len(rs), "kv": rs[0].kv_bytes_per_token,
+             "params": rs[0].params, "tokens": rs[0].tokens_seen, "model": rs[0].model,
+             "losses": [r.best_val_loss for r in rs]}
         s["loss"], s["loss_std"] = mean_std(s["losses"])
         for ranking in RANKINGS:
-            vals = [r["half_pruned"][ranking]["val_loss"] for r in rs if ranking in r["half_pruned"]]
+            vals = [r.half_pruned[ranking].val_loss for r in rs if ranking in r.half_pruned]
             s[f"half_val_loss_{ranking}"] = statistics.mean(vals) if vals else None
-        s["attn_layers"] = [r.get("attn_layers", list(range(r["model"]["n_layer"]))) for r in rs]
-        s["gated"] = any(r.get("attn_gates") for r in rs)  # a budget run: its placement was learned
+        s["attn_layers"] = [r.attn_layers for r in rs]
+        s["gated"] = any(r.attn_gates for r in rs)  # a budget run: its placement was learned
         # the pruning curve, averaged over seeds, in the best honest order: greedy (chosen on training
         # batches) where the records have it, else by contribution. Choosing the order by the loss the
         # curve reports would select on the test batches
         curves = {}
-        for row in rs[0]["pruning"]:
-            same = [p for r in rs for p in r["pruning"] if p["ranking"] == row["ranking"] and len(p["layers"]) == len(row["layers"])]
-            curves.setdefault(row["ranking"], []).append(
-                {"k": len(row["layers"]), "kv": row["kv_bytes_per_token"], "loss": [p["val_loss"] for p in same],
-                 "acc": [p["val_acc"] for p in same] if recall else None})
+        for row in rs[0].pruning:
+            same = [p for r in rs for p in r.pruning if p.ranking == row.ranking and len(p.layers) == len(row.layers)]
+            curves.setdefault(row.ranking, []).append(
+                {"k": len(row.layers), "kv": row.kv_bytes_per_token, "loss": [p.val_loss for p in same],
+                 "acc": [p.val_acc for p in same] if recall else None})
         # (greedy only where every seed has it: a point's seeds must be the config's seeds)
         s["ranking"] = next(r for r in ("greedy", "contribution")
-                            if all(any(p["ranking"] == r for p in rec["pruning"]) for rec in rs))
+                            if all(any(p.ranking == r for p in rec.pruning) for rec in rs))
         s["curve"] = curves[s["ranking"]]
         if recall:
-            s["accs"] = [r["eval_val_acc"] for r in rs]
+            s["accs"] = [r.eval_val_acc for r in rs]
             s["acc"], s["acc_std"] = mean_std(s["accs"])
-            s["acc_none"] = statistics.mean(r["all_pruned"]["val_acc"] for r in rs)
-            s["learned"] = [learned_at(r["history"]) for r in rs]
+            s["acc_none"] = statistics.mean(r.all_pruned.val_acc for r in rs)
+            s["learned"] = [learned_at(r.history) for r in rs]
         S[name] = s
     others = [n for n in names if n != "baseline"]
     for key, measure in (("test", "losses"), ("acc_test", "accs")) if recall else (("test", "losses"),):
@@ -156,21 +157,36 @@ def fmt(v, spec=".4f"):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{spec}}"
 
 
+class CachePoint(NamedTuple):
+    """One way a study reaches a cache size: its bytes per token, the measure's mean and std over seeds,
+    a label for the tables, the config, the per-seed values, the cache form and how many layers' attention
+    are pruned."""
+    bytes: int
+    mean: float
+    std: float
+    label: str
+    config: str
+    values: list
+    form: str
+    pruned: int
+
+
 def cache_points(S, names, measure):
     """Every way this study reaches a cache size: each config in each cache form it can use, and each
-    pruned point (in its smaller form); (bytes, mean, std, label, config, per-seed values). measure: "loss" or
-    "acc". All on the same validation batches (ablate.py's evaluation of the final model), so they compare."""
+    pruned point (in its smaller form), as CachePoints. measure: "loss" or "acc". All on the same
+    validation batches (ablate.py's evaluation of the final model), so they compare."""
     pts = []
     for n in names:
         s = S[n]
         for form, b in s["kv"].items():
             vals = s["curve"][0][measure]
-            pts.append((b, *mean_std(vals), f"{n} in the {'K/V' if form == 'kv' else 'input'} form", n, vals))
+            pts.append(CachePoint(b, *mean_std(vals), f"{n} in the {'K/V' if form == 'kv' else 'input'} form", n, vals,
+                                  form, 0))
         for p in s["curve"][1:-1]:  # 1 .. L-1 of its attention layers pruned
             form = min(p["kv"], key=p["kv"].get)
-            pts.append((p["kv"][form], *mean_std(p[measure]),
-                        f"{n} with {p['k']} layers' attention pruned, {s['ranking']} order "
-                        f"({'K/V' if form == 'kv' else 'input'} form)", n, p[measure]))
+            pts.append(CachePoint(p["kv"][form], *mean_std(p[measure]),
+                                  f"{n} with {p['k']} layers' attention pruned, {s['ranking']} order "
+                                  f"({'K/V' if form == 'kv' else 'input'} form)", n, p[measure], form, p["k"]))
     return pts
 
 
@@ -187,7 +203,7 @@ def pareto(pts, higher_is_better):
 
 def machines(records):
     """The machines a study's runs were trained on, as the records name them."""
-    seen = sorted({(m["device"], m.get("arch", "?"), m.get("cpus"), m["torch"]) for m in (r["machine"] for r in records)})
+    seen = sorted({(m["device"], m.get("arch", "?"), m.get("cpus"), m["torch"]) for m in (r.machine for r in records)})
     return "; ".join(f"{d} ({a}, {c} cores), torch {t}" for d, a, c, t in seen)
 
 
@@ -198,8 +214,8 @@ def report(records, study):
     kv0 = base["kv"]["kv"]
     seeds = sorted({S[n]["n"] for n in names})
     n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    lines = ["Commands: " + "; ".join(f"`{c}`" for c in study["commands"]) + f". Trained on: {machines(records)}.", "",
-             f"{study['title']}: {len(names)} configs, {n_seeds} seeds each ({len(records)} runs), "
+    lines = ["Commands: " + "; ".join(f"`{c}`" for c in study.commands) + f". Trained on: {machines(records)}.", "",
+             f"{study.title}: {len(names)} configs, {n_seeds} seeds each ({len(records)} runs), "
              f"{base['tokens']:,} training tokens per run. Loss: best validation loss, mean +- std over seeds. "
              "Delta: against the baseline, the difference of means with its 95% confidence interval (Welch's t) "
              "and the p-value with Holm's correction across the configs. KV: cache bytes per token at 16-bit "
@@ -208,7 +224,7 @@ def report(records, study):
              "order (each step removes the layer whose removal costs least on training batches, never on the "
              "reported ones), lowest route gate first, or lowest measured contribution first (`n/a`: a record "
              "made before that order existed)." + (" Recall acc: the share of answers predicted exactly on the "
-                                               f"validation set (chance {records[0]['chance_accuracy']:.4f})." if recall else ""),
+                                               f"validation set (chance {records[0].chance_accuracy:.4f})." if recall else ""),
              "",
              "| config | seeds | params | loss | delta [95% CI] | p (Holm) | K/V B/token | input B/token | "
              "half pruned (greedy) | half pruned (gate) | half pruned (contribution) |"
@@ -270,10 +286,10 @@ def report(records, study):
     answers += placement_answers(S, names, measure, recall)
     if recall:
         answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
-                       f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0]['chance_accuracy']:.4f}).")
+                       f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0].chance_accuracy:.4f}).")
         lines += ["", "Iterations to learn the lookup: the first evaluation at which a run's validation recall "
                   "accuracy reached 0.9 (evaluated every "
-                  f"{records[0]['history'][1]['iter'] - records[0]['history'][0]['iter'] if len(records[0]['history']) > 1 else '?'}"
+                  f"{records[0].history[1]['iter'] - records[0].history[0]['iter'] if len(records[0].history) > 1 else '?'}"
                   " iterations).", "",
                   "| config | discoverability | reached 0.9 | median iteration | range |", "|---|---|---|---|---|"]
         for n in names:
@@ -358,19 +374,18 @@ def plot(records, path, title):
         pts = cache_points(S, names, measure)
         # the zoom leaves out what lies far from the baseline (attention-only), so the rest keep their hundredths
         m0, sd0 = mean_std(S["baseline"]["curve"][0][measure])
-        far = sorted({p[4] for p in pts if "pruned" not in p[3] and abs(p[1] - m0) > 10 * sd0})
+        far = sorted({p.config for p in pts if not p.pruned and abs(p.mean - m0) > 10 * sd0})
         for ax, zoom in zip(row, (False, True)):  # every point; the unpruned ones alone, where they differ by 0.01
             taken = {}  # points already drawn at each cache size: spread sideways
-            for b, m, sd, label, n, _ in pts:
-                pruned = "pruned" in label
+            for b, m, sd, label, n, _, form, pruned in pts:
                 if zoom and (pruned or n in far):
                     continue
                 j = taken[b, pruned] = taken.get((b, pruned), -1) + 1
-                marker = "x" if pruned else "o" if "K/V" in label else "s"
+                marker = "x" if pruned else "o" if form == "kv" else "s"
                 ax.errorbar(b + j * spread, m, yerr=0 if math.isnan(sd) else sd, fmt=marker, color=color[n],
                             mfc="none" if marker == "s" else color[n], ms=4 if pruned else 5, capsize=2,
                             alpha=0.6 if pruned else 1.0, label=n if marker == "o" and not zoom else None)
-            front = pareto([p for p in pts if not (zoom and ("pruned" in p[3] or p[4] in far))], measure == "acc")
+            front = pareto([p for p in pts if not (zoom and (p.pruned or p.config in far))], measure == "acc")
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1,
                     label="Pareto front" if not zoom and measure == "loss" else None)
             ax.set_xlabel("KV cache bytes per token (16-bit)")
@@ -389,7 +404,7 @@ def plot(records, path, title):
 # ----------------------------------------------------------------------------- files
 def study_info(study):
     """study.json: the study's title, overlay, train.py arguments and the ablate.py commands that made it."""
-    return load_record(os.path.join(study, "study.json"))
+    return Study.load(os.path.join(study, "study.json"))
 
 
 def write_study(study):
@@ -399,9 +414,9 @@ def write_study(study):
         raise SystemExit(f"error: {study} holds no run records")
     info = study_info(study)
     lines = report(records, info)
-    write_json(os.path.join(study, "results.json"), records)
+    write_record(os.path.join(study, "results.json"), records)
     write_text(os.path.join(study, "report.md"), "# Ablation report\n\n" + "\n".join(lines) + "\n")
-    plot(records, os.path.join(study, "loss_vs_kv.png"), info["title"])
+    plot(records, os.path.join(study, "loss_vs_kv.png"), info.title)
     return lines
 
 
@@ -426,10 +441,10 @@ def update_readme(path=README):
     return sorted(readme_blocks(text))
 
 
-if __name__ == "__main__":
+def main():
     configure(globals(), sys.argv[1:])
     folders = studies.split(",") if studies else sorted(os.path.dirname(p) for p in glob.glob(os.path.join("results", "*", "study.json")))
-    for study in folders:
+    for study in folders:  # every output checked before any is written
         if not os.path.isfile(os.path.join(study, "study.json")):
             raise SystemExit(f"error: {study} is not a study folder (no study.json)")
         check_writable(study, "studies")
@@ -440,3 +455,7 @@ if __name__ == "__main__":
         print(f"wrote {study}/results.json, report.md, loss_vs_kv.png\n")
     if readme:
         print(f"README.md: report blocks for {', '.join(update_readme()) or 'no study'} rewritten")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ import time
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import configure, require, setup_device
+from configurator import configure, die, require, setup_device
 from evaluate import dataset_meta
 from analysis import analyze_attn_gates, remove_closed_attention
 from engine import cache_form
@@ -38,10 +38,6 @@ attn_skip_layers = ()  # run these layers with attention removed (they keep no c
 configure(globals(), sys.argv[1:])
 require((num_samples >= 1 and max_new_tokens >= 0, "num_samples must be >= 1 and max_new_tokens >= 0"),
         (temperature >= 0 and top_k >= 0, f"temperature and top_k must be >= 0, got {temperature} and {top_k}"))
-
-
-def die(msg):
-    raise SystemExit(f"error: {msg}")
 
 
 device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)

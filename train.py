@@ -22,7 +22,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_args_of, model_from_checkpoint, nonfinite, save_checkpoint
 from records import check_writable
-from configurator import configure, require, setup_device
+from configurator import configure, die, require, setup_device
 from evaluate import dataset_dir, dataset_meta, hits, load_split, window_starts, windows
 from analysis import (analyze_attn_gates, analyze_lens_gates, analyze_route_gates, apply_budget_schedule,
                       apply_route_annealing, fix_attn_gates)
@@ -105,10 +105,6 @@ model_keys = [f.name for f in fields(GPTConfig)]
 # would otherwise be dropped from model_args without a word
 assert all(k in config for k in model_keys if k != "vocab_size"), \
     f"train.py has no setting for {[k for k in model_keys if k not in config and k != 'vocab_size']}"
-
-
-def die(msg):
-    raise SystemExit(f"error: {msg}")
 
 
 # every setting with a range is checked before any work starts (the model's own are GPTConfig's)

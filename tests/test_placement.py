@@ -181,10 +181,10 @@ def test_greedy_pruning_removes_the_cheapest_layer_first():
     for k in range(3):
         costs = {i: val_eval(model, select, tuple(sorted(order[:k] + [i])))[0] for i in range(4) if i not in order[:k]}
         assert order[k] == min(costs, key=lambda i: (costs[i], i))
-    rows, _ = pruning_curve(model, report, select_batches=select)
-    greedy = [r for r in rows if r["ranking"] == "greedy"]
-    assert [r["pruned"] for r in greedy] == [sorted(order[:k]) for k in range(5)]
-    assert greedy[2]["val_loss"] == val_eval(model, report, tuple(sorted(order[:2])))[0]
+    points, _ = pruning_curve(model, report, select_batches=select)
+    greedy = [p for p in points if p.ranking == "greedy"]
+    assert [p.layers for p in greedy] == [sorted(order[:k]) for k in range(5)]
+    assert greedy[2].val_loss == val_eval(model, report, tuple(sorted(order[:2])))[0]
     placed = deep(attn_layers=(1, 3)).eval()
     assert sorted(greedy_order(placed, select)) == [1, 3]  # only layers that have attention
 
@@ -207,8 +207,9 @@ def test_budget_training_end_to_end(char_data, tmp_path):
     assert f"attention gates fixed: attention in layers {kept} only" in p.stdout
     js = tmp_path / "kv.json"
     run("kv_cache_bench.py", "--configs=", f"--ckpt={tmp_path / 'fixed' / 'ckpt.pt'}", "--eval_batches=2", f"--json={js}")
-    greedy = [r for r in json.loads(js.read_text())["pruning"] if r["ranking"] == "greedy"]
-    assert [r["layers_pruned"] for r in greedy] == [0, 1, 2] and all(set(r["pruned"]) <= set(kept) for r in greedy)
+    (curve,) = json.loads(js.read_text())["pruning"]
+    greedy = [p for p in curve["points"] if p["ranking"] == "greedy"]
+    assert [len(p["layers"]) for p in greedy] == [0, 1, 2] and all(set(p["layers"]) <= set(kept) for p in greedy)
     run("train.py", *common, "--attn_gate_fix_iter=100", f"--out_dir={tmp_path / 'soft2'}")  # never fixed
     p = run("kv_cache_bench.py", "--configs=", f"--ckpt={tmp_path / 'soft2' / 'ckpt.pt'}", "--eval_batches=2", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr

@@ -135,11 +135,12 @@ def test_baseline_learns_recall_and_is_at_chance_without_attention(learn_data, t
     p = run("kv_cache_bench.py", "--configs=", f"--ckpt={out}/ckpt.pt", "--eval_batches=8", "--eval_batch_size=32",
             f"--json={js}", "--device=cpu", "--dtype=float32")
     assert "recall acc" in p.stdout
-    curve = [r for r in json.loads(js.read_text())["pruning"] if r["ranking"] == "contribution"]
-    assert [r["layers_pruned"] for r in curve] == [0, 1, 2, 3, 4]
+    (points,) = [c["points"] for c in json.loads(js.read_text())["pruning"]]
+    curve = [p for p in points if p["ranking"] == "contribution"]
+    assert [len(p["layers"]) for p in curve] == [0, 1, 2, 3, 4]
     assert curve[0]["val_acc"] > 0.9
     none = curve[-1]
-    assert none["kv_bytes_per_token"] == 0
+    assert none["kv_bytes_per_token"] == {"kv": 0, "input": 0}
     assert none["val_acc"] < 0.12, none  # at chance (1/16 = 0.0625 over 3,072 answers): it cannot see the pairs
     assert none["val_loss"] > np.log(16) - 0.3
 
