@@ -325,11 +325,13 @@ def placement_answers(S, names, measure, recall):
 
 
 def discoverability_answer(S, names):
-    """Runs with discoverability on against runs with it off, pooled over configs: how many never
-    reached 0.9 (Fisher's exact test: does it block?), and a Mann-Whitney U test of the iterations
-    (does it delay? a run that never learned ranks last)."""
+    """Runs with discoverability on against runs with it off, pooled over the configs with attention in
+    every layer (placement configs fail or succeed for a reason of their own: one attention layer cannot
+    do the lookup): how many never reached 0.9 (Fisher's exact test: does it block?), and a Mann-Whitney
+    U test of the iterations (does it delay? a run that never learned ranks last)."""
     from scipy.stats import fisher_exact, mannwhitneyu
-    groups = {on: [i for n in names if S[n]["model"]["use_discoverability"] == on for i in S[n]["learned"]]
+    everywhere = [n for n in names if all(len(a) == S[n]["model"]["n_layer"] for a in S[n]["attn_layers"])]
+    groups = {on: [i for n in everywhere if S[n]["model"]["use_discoverability"] == on for i in S[n]["learned"]]
               for on in (True, False)}
     if not groups[True] or not groups[False]:
         return "not tested: the study has no runs with it on, or none with it off."
@@ -342,7 +344,8 @@ def discoverability_answer(S, names):
     med = {on: statistics.median(ranked[on]) for on in groups}
     p_block = fisher_exact([[never[on], len(groups[on]) - never[on]] for on in (True, False)]).pvalue
     where = "later" if med[True] > med[False] else "earlier" if med[True] < med[False] else "at the same median"
-    return (f"with it on, {len(groups[True]) - never[True]} of {len(groups[True])} runs reached 0.9 "
+    return (f"pooled over the configs with attention in every layer: with it on, "
+            f"{len(groups[True]) - never[True]} of {len(groups[True])} runs reached 0.9 "
             f"(median iteration {fmt(med[True], 'g')}, a run that never did counted last); with it off, "
             f"{len(groups[False]) - never[False]} of {len(groups[False])} (median {fmt(med[False], 'g')}). "
             f"Blocks? Runs that never learned it: {never[True]} of {len(groups[True])} on, {never[False]} of "
