@@ -25,7 +25,7 @@ import torch
 from analysis import analyze_lens_gates, analyze_route_gates
 from configurator import ablation_names, configure, require
 from evaluate import checkpoint_curve, dataset_meta, trained_model
-from records import RunRecord, Study, check_writable, load_run, write_record
+from records import RunRecord, Study, check_writable, load_run, same_run, write_record
 from report import write_study
 
 # -----------------------------------------------------------------------------
@@ -124,18 +124,6 @@ def evaluate(name, seed, out_dir, command, wall):
         history=ck.get("history", []),  # every evaluation during training: when a run learned what it learned
         attn_layers=list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
         attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())})
-
-
-def same_run(record, old):
-    """Whether a retrained run is the run its old record describes: training is deterministic up to float
-    noise (thread counts and kernels reorder sums), which the best validation loss shows as ~1e-4. On a
-    dataset scored by accuracy (the recall set) the loss sits near zero, where that noise grows to ~1e-3
-    over 2000 steps (seen: 0.0022 against 0.0035); there the study's measure decides, the final accuracy
-    to within 0.005."""
-    if abs(record.best_val_loss - old.best_val_loss) <= 1e-3:
-        return True
-    return record.eval_val_acc is not None and old.eval_val_acc is not None and \
-        abs(record.eval_val_acc - old.eval_val_acc) <= 0.005
 
 
 def keep(record, old, study):

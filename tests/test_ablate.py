@@ -111,3 +111,30 @@ def test_help_lists_settings_only():
     assert "--studies=" in p.stdout and "--ROOT" not in p.stdout and "--README" not in p.stdout
     p = run("report.py", "--ROOT=/tmp", check=False)
     assert p.returncode == 1 and p.stderr.strip().startswith("error: unknown config key 'ROOT'")
+
+
+def test_run_records_are_typed_and_old_ones_load(tmp_path):
+    """Every committed record loads as a RunRecord and writes back to the same fields; a record from before
+    attention placement gets every layer as its attention layers; a retrained run is the same run when its
+    loss agrees to 1e-3, or, on an accuracy-scored set, its accuracy to 0.005; a foreign JSON is one line."""
+    import dataclasses
+    from records import PruningPoint, RunRecord, load_run, same_run, write_record
+    paths = glob.glob(os.path.join(ROOT, "results", "*", "*", "seed*.json"))
+    assert len(paths) >= 168
+    for path in paths:
+        r = load_run(path)
+        assert isinstance(r.all_pruned, PruningPoint) and all(isinstance(p, PruningPoint) for p in r.pruning)
+        assert r.attn_layers == (json.load(open(path)).get("attn_layers") or list(range(r.model["n_layer"])))
+    r = load_run(paths[0])
+    write_record(tmp_path / "r.json", r)
+    assert load_run(str(tmp_path / "r.json")) == r
+    near = dataclasses.replace(r, best_val_loss=r.best_val_loss + 9e-4)
+    far = dataclasses.replace(r, best_val_loss=r.best_val_loss + 2e-3)
+    assert same_run(near, r) and not same_run(dataclasses.replace(far, eval_val_acc=None), r)
+    scored = dataclasses.replace(r, eval_val_acc=1.0)
+    assert same_run(dataclasses.replace(far, eval_val_acc=0.996), scored)
+    assert not same_run(dataclasses.replace(far, eval_val_acc=0.99), scored)
+    (tmp_path / "bad.json").write_text('{"config": "x"}')
+    with pytest.raises(SystemExit, match=r"bad.json is not a run record \(unknown \[\], missing \["):
+        load_run(str(tmp_path / "bad.json"))
+    assert RunRecord.__dataclass_fields__.keys() >= FIELDS
