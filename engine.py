@@ -101,8 +101,8 @@ class KVLayerCache:
         self.v = _zeros(B, Hkv, L, D, like=like)
 
     def buffers(self):
-        return [t for t in (self.kq if self.kq is not None else self.k, self.q if self.kq is None else None, self.v)
-                if t is not None]
+        own = [self.kq] if self.kq is not None else [self.k] + ([] if self.q is None else [self.q])
+        return own + [self.v]
 
     def write(self, input_pos, x, q, k, v):
         if self.kq is not None:
