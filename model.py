@@ -436,6 +436,8 @@ def feeds_group(cfg, i, attn_skip_layers=()):
 SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
 MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
                       "mlp_ctx_conductor", "mlp_disabled")
+
+
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
