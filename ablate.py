@@ -24,7 +24,7 @@ import torch
 
 from analysis import analyze_lens_gates, analyze_route_gates
 from configurator import ablation_names, configure, require
-from evaluate import checkpoint_curve, dataset_meta, trained_model
+from evaluate import checkpoint_curve, checkpoint_quant, dataset_meta, trained_model
 from records import RunRecord, Study, check_writable, load_run, same_run, write_record
 from report import write_study
 
@@ -77,12 +77,12 @@ def plan():
 
 
 def to_replace(name, seed):
-    """The record that --reevaluate makes again for this run, or None. A record already made again is
-    not: the same command resumes a study instead of retraining it."""
+    """The record that --reevaluate makes again for this run, or None. A record this evaluation made (it has
+    quantized-cache points) is not: the same command resumes a study instead of retraining it."""
     if name not in str(reevaluate).split(",") or not os.path.isfile(record_path(name, seed)):
         return None
     old = load_run(record_path(name, seed))
-    return None if old.recorded_best_val_loss is not None else old
+    return None if old.quant else old
 
 
 def train(name, seed, resume):
@@ -123,7 +123,8 @@ def evaluate(name, seed, out_dir, command, wall):
         dataset=tc["dataset"], chance_accuracy=dataset_meta(tc["dataset"]).get("chance_accuracy") if recall else None,
         history=ck.get("history", []),  # every evaluation during training: when a run learned what it learned
         attn_layers=list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
-        attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())})
+        attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())},
+        quant=checkpoint_quant(model, tc["dataset"], eval_batches, eval_batch_size, "cpu"))
 
 
 def keep(record, old, study):
@@ -134,7 +135,9 @@ def keep(record, old, study):
             raise SystemExit(f"error: {record.config} seed {record.seed} retrained to best val loss "
                              f"{record.best_val_loss:.6f}, not the record's {old.best_val_loss:.6f}; the record is kept")
         record.wall_s, record.ms_per_iter = old.wall_s, old.ms_per_iter
-        record.recorded_best_val_loss = old.best_val_loss  # what the replaced record said
+        # what the first record said (a record made again twice keeps it)
+        record.recorded_best_val_loss = old.best_val_loss if old.recorded_best_val_loss is None \
+            else old.recorded_best_val_loss
     if os.path.isfile(study_file):  # another ablate.py on this study may have added its command since
         study.commands = Study.load(study_file).commands
     command = shlex.join(["python", "ablate.py"] + sys.argv[1:])

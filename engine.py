@@ -21,19 +21,27 @@ import torch.nn.functional as F
 from model import attends, feeds_group, repeat_kv, unwrap
 
 
-def kv_layer_values(cfg, form, attn_skip_layers=()):
-    """Values one token costs in each layer's cache. Form "kv": K and V for n_kv_head heads in the
-    layer that owns them (every layer, or a CLA group's first), and the layer's own Q with
-    reciprocity (S^T needs q_j of past tokens). Form "input": ln_1(x), n_embd values, in the layer
-    that owns K and V. A pruned or attention-free layer keeps nothing of its own; a group's K/V (or
-    input) stay while any layer of the group attends."""
-    D = cfg.n_embd // cfg.n_head
-    values = []
+def kv_layer_tensors(cfg, form, attn_skip_layers=()):
+    """The tensors one layer's cache keeps, per layer: (values per token, key-like) for each. Form "kv":
+    K and V for n_kv_head heads in the layer that owns them (every layer, or a CLA group's first), and
+    the layer's own Q with reciprocity (S^T needs q_j of past tokens). Form "input": ln_1(x), n_embd
+    values, in the layer that owns K and V. A pruned or attention-free layer keeps nothing of its own; a
+    group's K/V (or input) stay while any layer of the group attends. Key-like tensors (K, and Q, which
+    S^T dots with the new key) are quantized per channel, the others per token (QuantizedBuffer)."""
+    D, kv = cfg.n_embd // cfg.n_head, cfg.n_kv_head * (cfg.n_embd // cfg.n_head)
+    layers = []
     for i in range(cfg.n_layer):
-        shared = feeds_group(cfg, i, attn_skip_layers) * (cfg.n_embd if form == "input" else 2 * cfg.n_kv_head * D)
-        own_q = form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers)
-        values.append(shared + own_q * cfg.n_head * D)
-    return values
+        shared = feeds_group(cfg, i, attn_skip_layers)
+        tensors = ([(cfg.n_embd, False)] if form == "input" else [(kv, True), (kv, False)]) if shared else []
+        if form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers):
+            tensors.append((cfg.n_head * D, True))
+        layers.append(tensors)
+    return layers
+
+
+def kv_layer_values(cfg, form, attn_skip_layers=()):
+    """Values one token costs in each layer's cache (kv_layer_tensors)."""
+    return [sum(width for width, _ in layer) for layer in kv_layer_tensors(cfg, form, attn_skip_layers)]
 
 
 def cache_forms(cfg):
@@ -54,6 +62,48 @@ def cache_form(cfg, form):
         raise ValueError("the input form cannot decode reciprocity with kv_share > 1 (a CLA layer's past "
                          "queries are not in its group's cached input): use 'kv'")
     return form
+
+
+def check_quant(cfg, form, kv_bits, kv_group, kv_residual):
+    """ValueError (one line) for cache quantization this config's cache cannot take."""
+    if kv_bits not in KV_BITS:
+        raise ValueError(f"kv_bits={kv_bits!r} must be one of {', '.join(map(str, KV_BITS))}")
+    if not (isinstance(kv_residual, int) and kv_residual >= 0):
+        raise ValueError(f"kv_residual={kv_residual!r} must be a whole number of tokens >= 0")
+    if kv_bits == 16:
+        return
+    width, axis = (cfg.n_embd, "n_embd") if form == "input" else (cfg.n_embd // cfg.n_head, "head_dim")
+    if not (isinstance(kv_group, int) and kv_group >= 1 and width % kv_group == 0):
+        raise ValueError(f"kv_group={kv_group!r} must divide {axis}={width} (the {form} form quantizes "
+                         f"{'x^' if form == 'input' else 'values'} per token in groups of channels)")
+
+
+def kv_cache_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_skip_layers=(), kv_bits=16, kv_group=32,
+                    kv_residual=0):
+    """The bytes a KVCache holds, from the config alone (QuantizedBuffer's layout): per tensor of width C,
+    max_len positions (per-channel groups: rounded up to whole groups) at C * bits / 8 bytes of codes and
+    4 C / G of float16 scale and zero, and the full-precision ring of min(residual + tokens per group,
+    max_len) positions."""
+    size = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for width, per_channel in (t for layer in kv_layer_tensors(cfg, form, attn_skip_layers) for t in layer):
+        if kv_bits == 16:
+            total += max_len * width * size
+            continue
+        tok = kv_group if per_channel else 1
+        padded = -(-max_len // tok) * tok
+        total += padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2
+        total += min(kv_residual + tok, max_len) * width * size
+    return batch_size * total
+
+
+def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16):
+    """Bytes one token adds to the cache, as a long context sees it (the ring and the padding are per
+    sequence): values x bits / 8, plus 4 / G bytes of scale and zero per value at fewer than 16 bits."""
+    values = sum(kv_layer_values(cfg, form, attn_skip_layers))
+    if kv_bits == 16:
+        return values * torch.empty((), dtype=dtype).element_size()
+    return values * kv_bits / 8 + values * 4 / kv_group
 
 
 def _zeros(*shape, like):
@@ -83,35 +133,171 @@ def _gates(attn, dtype):
         return tuple(None if g is None else g.to(dtype) for g in attn.query_gates())
 
 
+# ----------------------------------------------------------------------------- storage
+KV_BITS = (16, 8, 4)
+
+
+def _grouped(x, group, per_channel):
+    """(..., n, C) viewed as quantization groups: (..., n/G, G, C) for per-channel groups (G tokens of
+    one channel), (..., n, C/G, G) for per-token groups (G channels of one token)."""
+    *lead, n, C = x.shape
+    return x.view(*lead, n // group, group, C) if per_channel else x.view(*lead, n, C // group, group)
+
+
+def quantize(x, bits, group, per_channel):
+    """Asymmetric integer quantization of x (..., n, C) in groups of `group` values: scale = (max - min)
+    / (2^bits - 1) and zero = min, both stored in float16, codes = round((x - zero) / scale) in [0,
+    2^bits - 1], 4-bit codes packed two to a byte along C. Returns (codes, scale, zero); scale and zero
+    keep the group's reduced dimension (size 1), so that dequantize broadcasts them as they are."""
+    g = _grouped(x, group, per_channel)
+    dim = -2 if per_channel else -1
+    lo, hi = g.amin(dim, keepdim=True), g.amax(dim, keepdim=True)
+    scale, zero = ((hi - lo) / (2 ** bits - 1)).to(torch.float16), lo.to(torch.float16)
+    s = scale.to(x.dtype)
+    inv = torch.where(s > 0, 1 / s, 0)  # a constant group (scale 0, or below float16's range): codes 0
+    codes = ((g - zero.to(x.dtype)) * inv).round_().clamp_(0, 2 ** bits - 1).to(torch.uint8).view(x.shape)
+    if bits == 4:
+        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return codes, scale, zero
+
+
+def dequantize(codes, scale, zero, bits, group, per_channel, dtype):
+    """The values quantize's (codes, scale, zero) stand for, (..., n, C) in dtype."""
+    if bits == 4:
+        codes = torch.stack((codes & 15, codes >> 4), dim=-1).flatten(-2)
+    g = _grouped(codes.to(dtype), group, per_channel)
+    return torch.addcmul(zero.to(dtype), g, scale.to(dtype)).view(codes.shape)
+
+
+def fake_quant(x, bits, group, per_channel):
+    """quantize then dequantize: what a quantized cache gives back for x (the tests' reference)."""
+    return x if bits == 16 else dequantize(*quantize(x, bits, group, per_channel), bits, group, per_channel, x.dtype)
+
+
+class Buffer:
+    """One cached tensor (..., L, C), kept as it is computed (kv_bits=16: the model's dtype)."""
+
+    def __init__(self, lead, max_len, width, like):
+        self.t = _zeros(*lead, max_len, width, like=like)
+
+    def write(self, input_pos, t):
+        _put(self.t, -2, input_pos, t)
+
+    def read(self, input_pos):
+        return self.t
+
+    def tensors(self):
+        return [self.t]
+
+
+class QuantizedBuffer:
+    """One cached tensor (..., L, C) at `bits` bits (quantize), in groups of G channels of one token or,
+    for key-like tensors (per_channel), G tokens of one channel (KIVI: keys have outlier channels). The
+    newest tokens stay in full precision in a ring of W slots: the `residual` newest, and the group being
+    filled (G tokens per channel, one per token), so a token is quantized when its group leaves the
+    residual window; a step quantizes the group that its token pushes out (static shapes: every step does
+    the same work). Reading dequantizes everything and puts the window's full-precision values back.
+    The cache then takes a prefill and one token per step."""
+
+    def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel):
+        self.bits, self.group, self.residual, self.per_channel = bits, group, residual, per_channel
+        self.tok = group if per_channel else 1  # tokens per group
+        self.max_len, padded = max_len, -(-max_len // self.tok) * self.tok
+        self.window = min(residual + self.tok, max_len)
+        self.codes = torch.zeros(*lead, padded, width * bits // 8, dtype=torch.uint8, device=like["device"])
+        groups = (*lead, padded // group, 1, width) if per_channel else (*lead, padded, width // group, 1)
+        self.scale = torch.zeros(groups, dtype=torch.float16, device=like["device"])
+        self.zero = torch.zeros_like(self.scale)
+        self.ring = _zeros(*lead, self.window, width, like=like)
+
+    def tensors(self):
+        return [self.codes, self.scale, self.zero, self.ring]
+
+    def quantized(self, n):
+        """How many of the first n positions are quantized: whole groups older than the residual."""
+        return (n - self.residual).clamp(min=0) // self.tok * self.tok
+
+    def _store(self, start, t):
+        """Quantize t (..., k*tok, C) into positions start, start + 1, ... (start a multiple of tok)."""
+        codes, scale, zero = quantize(t, self.bits, self.group, self.per_channel)
+        idx = start + torch.arange(t.size(-2), device=t.device)
+        self.codes.index_copy_(-2, idx, codes)
+        at = idx[::self.tok] // self.tok if self.per_channel else idx
+        self.scale.index_copy_(-3, at, scale)
+        self.zero.index_copy_(-3, at, zero)
+
+    def write(self, input_pos, t):
+        W = self.window
+        if input_pos is None:  # a prefill from position 0: whole groups quantized, the rest to the ring
+            n = t.size(-2)
+            done = int(self.quantized(torch.tensor(n)))
+            if done:
+                self._store(0, t[..., :done, :])
+            keep = torch.arange(max(0, n - W), n, device=t.device)
+            self.ring.index_copy_(-2, keep % W, t.index_select(-2, keep).to(self.ring.dtype))
+            return
+        if input_pos.numel() != 1:
+            raise ValueError("a quantized cache takes a prefill and then one token per step")
+        self.ring.index_copy_(-2, input_pos % W, t.to(self.ring.dtype))
+        # the group of the token leaving the residual window (clamped before the first: masked until it is
+        # written again with its values); quantized again each step until it is complete
+        first = (input_pos - self.residual).clamp(min=0) // self.tok * self.tok
+        group = first + torch.arange(self.tok, device=t.device)
+        self._store(first, self.ring.index_select(-2, group % W))
+
+    def read(self, input_pos):
+        """(..., L, C): the dequantized codes, with the positions from the oldest not quantized to the
+        newest written replaced by the ring's full-precision values. Slot s holds the position p in [n - W,
+        n) with p = s mod W (a p < 0, never written, goes to p + W >= n instead: masked)."""
+        W, n = self.window, input_pos[-1:] + 1
+        out = dequantize(self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel,
+                         self.ring.dtype)[..., :self.max_len, :]
+        pos = n - W + (torch.arange(W, device=n.device) - n) % W
+        pos = torch.where(pos < 0, pos + W, pos)
+        fresh = (pos >= self.quantized(n)).view(W, 1)
+        out.index_copy_(-2, pos, torch.where(fresh, self.ring, out.index_select(-2, pos)))
+        return out
+
+
+def _store(lead, max_len, width, like, quant, per_channel):
+    """A Buffer, or a QuantizedBuffer where quant = (bits, group, residual) asks for fewer than 16 bits."""
+    if quant[0] == 16:
+        return Buffer(lead, max_len, width, like)
+    return QuantizedBuffer(lead, max_len, width, like, *quant, per_channel)
+
+
 class KVLayerCache:
     """K and V (B, H_kv, L, D), and with reciprocity the layer's own past queries (B, H, L, D). For
-    multi-head reciprocity K~ = [k | q] is one buffer that attend reads as it is (k and q are views)."""
+    multi-head reciprocity K~ = [k | q] is one buffer that attend reads as it is. Each is a Buffer or, at
+    fewer bits, a QuantizedBuffer: keys and queries per channel, values per token."""
     query_only = False  # attend needs the chunk's K and V (attention's forward computes them)
 
-    def __init__(self, attn, batch_size, max_len, like, attends=True):
+    def __init__(self, attn, batch_size, max_len, like, attends=True, quant=(16,)):
         B, L, H, Hkv, D = batch_size, max_len, attn.n_head, attn.n_kv_head, attn.head_dim
-        self.max_len, self.gates, self.kq, self.q = L, _gates(attn, like["dtype"]), None, None
+        self.max_len, self.gates, self.kq, self.k, self.q, self.D = L, _gates(attn, like["dtype"]), None, None, None, D
         if attn.use_rec and attends and Hkv == H:
-            self.kq = _zeros(B, H, L, 2 * D, like=like)
-            self.k, self.q = self.kq[..., :D], self.kq[..., D:]
+            self.kq = _store((B, H), L, 2 * D, like, quant, per_channel=True)
         else:
-            self.k = _zeros(B, Hkv, L, D, like=like)
+            self.k = _store((B, Hkv), L, D, like, quant, per_channel=True)
             if attn.use_rec and attends:
-                self.q = _zeros(B, H, L, D, like=like)
-        self.v = _zeros(B, Hkv, L, D, like=like)
+                self.q = _store((B, H), L, D, like, quant, per_channel=True)
+        self.v = _store((B, Hkv), L, D, like, quant, per_channel=False)
 
     def buffers(self):
-        own = [self.kq] if self.kq is not None else [self.k] + ([] if self.q is None else [self.q])
-        return own + [self.v]
+        return [s for s in (self.kq, self.k, self.q, self.v) if s is not None]
 
     def write(self, input_pos, x, q, k, v):
         if self.kq is not None:
-            _put(self.kq, 2, input_pos, torch.cat([k, q], -1))
+            self.kq.write(input_pos, torch.cat([k, q], -1))
         else:
-            _put(self.k, 2, input_pos, k)
+            self.k.write(input_pos, k)
             if self.q is not None:
-                _put(self.q, 2, input_pos, q)
-        _put(self.v, 2, input_pos, v)
+                self.q.write(input_pos, q)
+        self.v.write(input_pos, v)
+
+    def keys(self, input_pos):
+        """The cached K (B, H_kv, L, D), for this layer or a CLA layer reading it."""
+        return self.k.read(input_pos) if self.kq is None else self.kq.read(input_pos)[..., :self.D]
 
     def attend(self, attn, q, k, input_pos, gates=None, past_q=None):
         """(B, H, T, D) outputs. Query heads that share a K/V head are stacked into one matrix product,
@@ -119,17 +305,18 @@ class KVLayerCache:
         CLA layer reading this one's K and V (SharedLayerCache; lens gates are on in every layer or none,
         so gates=None means this layer's own)."""
         B, H, T, D = q.shape
-        Hkv = self.k.size(1)
         own = gates is None
         qs, kr = attn.query_side(q, repeat_kv(k, H), self.gates if own else gates)
         if own and self.kq is not None:  # multi-head reciprocity: [qs | kr] . [k | q] in one product
-            scores = torch.cat([qs, kr], -1) @ self.kq.transpose(-2, -1)
+            scores = torch.cat([qs, kr], -1) @ self.kq.read(input_pos).transpose(-2, -1)
         else:
-            scores = (qs.reshape(B, Hkv, -1, D) @ self.k.transpose(-2, -1)).view(B, H, T, -1)
+            keys = self.keys(input_pos)
+            scores = (qs.reshape(B, keys.size(1), -1, D) @ keys.transpose(-2, -1)).view(B, H, T, -1)
             if kr is not None:  # S^T against each head's own past queries
-                scores = scores + kr @ (self.q if own else past_q).transpose(-2, -1)
+                scores = scores + kr @ (self.q if own else past_q).read(input_pos).transpose(-2, -1)
         p = _probs(scores * (1.0 / math.sqrt(D)), input_pos, self.max_len)
-        return (p.reshape(B, Hkv, -1, p.size(-1)) @ self.v).view(B, H, T, D)
+        v = self.v.read(input_pos)
+        return (p.reshape(B, v.size(1), -1, p.size(-1)) @ v).view(B, H, T, D)
 
 
 def _per_head(t, w):
@@ -144,12 +331,12 @@ class InputLayerCache:
     """x^ = ln_1(x) (B, L, E), and head h's rows of c_attn, (H, D, E) (a K/V group's rows repeated), so
     that attention reads x^ once: scores = (q W_k) . x^_j, output = W_v (sum_j p_j x^_j) + b_v."""
 
-    def __init__(self, attn, batch_size, max_len, like):
+    def __init__(self, attn, batch_size, max_len, like, quant=(16,)):
         H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
         E = H * D
         self.max_len, self.gates = max_len, _gates(attn, like["dtype"])
         self.query_only = not attn.use_rec  # the chunk's K enters only through S^T; V never does
-        self.x = _zeros(batch_size, max_len, E, like=like)
+        self.x = _store((batch_size,), max_len, E, like, quant, per_channel=False)
         w = attn.c_attn.weight.detach().to(like["dtype"])
         wq, wk, wv = w.split([E, Hkv * D, Hkv * D])
         per_head = lambda t: t.view(Hkv, D, E).repeat_interleave(H // Hkv, dim=0)
@@ -163,15 +350,16 @@ class InputLayerCache:
         return [self.x]
 
     def write(self, input_pos, x, q, k, v):
-        _put(self.x, 1, input_pos, x)
+        self.x.write(input_pos, x)
 
     def attend(self, attn, q, k, input_pos, gates=None, past_q=None):
         B, H, T, D = q.shape
         qs, kr = attn.query_side(q, None if k is None else repeat_kv(k, H), self.gates if gates is None else gates)
         qa = _per_head(qs, self.wk) + (0 if kr is None else _per_head(kr, self.wq))  # (B, H, T, E)
-        scores = (qa.reshape(B, H * T, -1) @ self.x.transpose(1, 2)).view(B, H, T, -1)
+        x = self.x.read(input_pos)
+        scores = (qa.reshape(B, H * T, -1) @ x.transpose(1, 2)).view(B, H, T, -1)
         p = _probs(scores * (1.0 / math.sqrt(D)), input_pos, self.max_len)
-        z = (p.view(B, H * T, -1) @ self.x).view(B, H, T, -1)  # sum_j p_j x^_j
+        z = (p.view(B, H * T, -1) @ x).view(B, H, T, -1)  # sum_j p_j x^_j
         return _per_head(z, self.wv.transpose(-2, -1)) + self.bv
 
 
@@ -179,18 +367,18 @@ class SharedLayerCache:
     """A CLA layer that does not own K and V: it reads its group's first layer's cache (K/V or input),
     with its own lens gates, and keeps only its own past queries (reciprocity, K/V form only)."""
 
-    def __init__(self, attn, batch_size, max_len, like, owner, attends=True):
+    def __init__(self, attn, batch_size, max_len, like, owner, attends=True, quant=(16,)):
         self.owner, self.gates, self.q = owner, _gates(attn, like["dtype"]), None
         self.query_only = owner.query_only
         if attn.use_rec and attends:
-            self.q = _zeros(batch_size, attn.n_head, max_len, attn.head_dim, like=like)
+            self.q = _store((batch_size, attn.n_head), max_len, attn.head_dim, like, quant, per_channel=True)
 
     def buffers(self):
         return [] if self.q is None else [self.q]
 
     def write(self, input_pos, x, q, k, v):  # the group's first layer wrote the rest
         if self.q is not None:
-            _put(self.q, 2, input_pos, q)
+            self.q.write(input_pos, q)
 
     def attend(self, attn, q, k, input_pos):
         return self.owner.attend(attn, q, k, input_pos, gates=self.gates, past_q=self.q)
@@ -199,15 +387,20 @@ class SharedLayerCache:
 class KVCache:
     """Every layer's cache for batch_size sequences of up to max_len positions (block_size by
     default), zeroed (masked positions must hold finite values), in the autocast dtype when autocast
-    is on, else the model's. form: "kv", "input", or True / "auto" for the smaller (model.cache_form)."""
+    is on, else the model's. form: "kv", "input", or True / "auto" for the smaller (model.cache_form).
+    kv_bits 8 or 4 keeps it quantized (QuantizedBuffer) in groups of kv_group values, the newest
+    kv_residual tokens unquantized; 16 keeps it in that dtype."""
 
-    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=(), form="auto", dtype=None):
+    def __init__(self, model, batch_size, max_len=None, attn_skip_layers=(), form="auto", dtype=None, kv_bits=16,
+                 kv_group=32, kv_residual=0):
         model = unwrap(model)
         cfg = model.config
         self.form = cache_form(cfg, form)
         self.batch_size, self.max_len = batch_size, max_len or cfg.block_size
         if not 1 <= self.max_len <= cfg.block_size:
             raise ValueError(f"max_len={self.max_len} must be in [1, block_size={cfg.block_size}]")
+        check_quant(cfg, self.form, kv_bits, kv_group, kv_residual)
+        self.quant = (kv_bits, kv_group, kv_residual)
         self.attn_skip_layers = set(attn_skip_layers)
         self.length = 0  # positions filled: advance() moves it, reset() empties the cache
         device = model.lm_head.weight.device
@@ -215,18 +408,17 @@ class KVCache:
             dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
                      else model.lm_head.weight.dtype)
         like = dict(device=device, dtype=dtype)
-        layer_cache = KVLayerCache if self.form == "kv" else InputLayerCache
         self.layers, owner = [], None
         for i, block in enumerate(model.transformer.h):
             on = attends(cfg, i, self.attn_skip_layers)
             if not (on or feeds_group(cfg, i, self.attn_skip_layers)):
                 self.layers.append(None)  # pruned, attention-free, or a group nobody reads
             elif block.attn.owns_kv:
-                owner = (KVLayerCache(block.attn, batch_size, self.max_len, like, on) if self.form == "kv"
-                         else layer_cache(block.attn, batch_size, self.max_len, like))
+                owner = (KVLayerCache(block.attn, batch_size, self.max_len, like, on, self.quant) if self.form == "kv"
+                         else InputLayerCache(block.attn, batch_size, self.max_len, like, self.quant))
                 self.layers.append(owner)
             else:
-                self.layers.append(SharedLayerCache(block.attn, batch_size, self.max_len, like, owner, on))
+                self.layers.append(SharedLayerCache(block.attn, batch_size, self.max_len, like, owner, on, self.quant))
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.buffers():
                 torch._dynamo.mark_static_address(t)
@@ -243,8 +435,8 @@ class KVCache:
         self.length = 0
 
     def buffers(self):
-        """The per-token tensors the cache holds, each once (a CLA group's are its first layer's)."""
-        return list({id(t): t for layer in self.layers if layer for t in layer.buffers()}.values())
+        """The tensors the cache holds, each once (a CLA group's are its first layer's)."""
+        return list({id(t): t for layer in self.layers if layer for s in layer.buffers() for t in s.tensors()}.values())
 
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in self.buffers())
@@ -282,18 +474,22 @@ def compiled_decode_step(device_type):
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-                    compile=False):
+                    compile=False, kv_bits=16, kv_group=32, kv_residual=0):
     """Yield max_new_tokens sampled tokens (b, 1), one at a time. kv_cache: False recomputes the
     context every step, as nanoGPT does; True (= "auto": the smaller form for this config), "kv" or
     "input" prefill the prompt in one pass, then feed one token per step. compile=True runs that step
-    through torch.compile (CUDA graphs on CUDA); it compiles once, not per position. Every path
+    through torch.compile (CUDA graphs on CUDA); it compiles once, not per position. kv_bits 8 or 4
+    (kv_group, kv_residual): a quantized cache (KVCache). Every path
     conditions on the last block_size tokens: once the cache is full, the last block_size tokens are
     prefilled again, so all paths give the same logits."""
     bs = unwrap(model).config.block_size
     max_len = min(bs, idx.size(1) + max_new_tokens)  # decoding attends over the whole buffer: no longer than needed
-    cache = KVCache(model, idx.size(0), max_len, attn_skip_layers, form=kv_cache) if kv_cache else None
-    if compile and cache is None:
+    if compile and not kv_cache:
         raise ValueError("compile=True compiles the cached decode step: it needs kv_cache")
+    if kv_bits != 16 and not kv_cache:
+        raise ValueError(f"kv_bits={kv_bits} quantizes the KV cache: it needs kv_cache (False recomputes)")
+    cache = KVCache(model, idx.size(0), max_len, attn_skip_layers, kv_cache, None, kv_bits, kv_group,
+                    kv_residual) if kv_cache else None
     step = compiled_decode_step(idx.device.type) if compile else decode_step
     for _ in range(max_new_tokens):
         if cache is None:
@@ -311,7 +507,8 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-             compile=False):
+             compile=False, **quant):
     """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream."""
-    new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers, compile))
+    new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers, compile,
+                               **quant))
     return torch.cat([idx] + new, dim=1)

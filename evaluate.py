@@ -11,8 +11,8 @@ import torch
 
 from analysis import analyze_attn_gates, attention_contribution, remove_closed_attention
 from checkpoint import load_checkpoint, model_from_checkpoint
-from engine import cache_forms
-from records import PruningPoint
+from engine import KVCache, cache_forms, kv_bytes_per_token
+from records import PruningPoint, QuantPoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -154,6 +154,39 @@ def pruning_curve(model, batches, ctx=None, select_batches=None):
     return points, contrib
 
 
+@torch.no_grad()
+def cached_eval(model, batches, ctx=None, **cache_options):
+    """(mean loss, accuracy) as `val_eval`, but every position's logits come from decoding through a
+    KVCache (KVCache's options: form, kv_bits, kv_group, kv_residual), teacher-forced: the first token
+    prefilled, then one token per step, as generation would see them."""
+    loss, right, total = 0.0, 0, 0
+    for x, y in batches:
+        with ctx or nullcontext():
+            cache = KVCache(model, x.size(0), x.size(1), **cache_options)
+            logits = torch.cat([model(x[:, :1], cache=cache)[0]]
+                               + [model(x[:, t:t + 1], cache=cache)[0] for t in range(1, x.size(1))], dim=1)
+        loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1).item()
+        r, t = hits(logits, y)
+        right, total = right + r, total + t
+    return loss / len(batches), right / max(total, 1)
+
+
+QUANT_BITS = (16, 8, 4)
+
+
+def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=QUANT_BITS):
+    """A QuantPoint per cache form the config can use and bit width: the loss through that cache."""
+    points = []
+    for form in cache_forms(model.config):
+        for b in bits:
+            loss, acc = cached_eval(model, batches, ctx, form=form, kv_bits=b, kv_group=kv_group,
+                                    kv_residual=kv_residual)
+            points.append(QuantPoint(form=form, kv_bits=b, kv_group=kv_group, kv_residual=kv_residual, val_loss=loss,
+                                     val_acc=acc, kv_bytes_per_token=kv_bytes_per_token(model.config, form, (), b,
+                                                                                        kv_group)))
+    return points
+
+
 def trained_model(path, device="cpu"):
     """(checkpoint, model, gates) of a finished run: a budget run's model is the static model it became
     (its closed layers removed, exactly), and `gates` its gates' analysis (None without a budget). Gates
@@ -181,3 +214,13 @@ def checkpoint_curve(model, dataset, n_batches, batch_size, device, ctx=None, se
         for p in points:
             p.val_acc = None
     return points, contrib, recall
+
+
+def checkpoint_quant(model, dataset, n_batches, batch_size, device, ctx=None, seed=1337, **options):
+    """quantized_eval's QuantPoints on the batches checkpoint_curve reports (accuracy: the recall set only)."""
+    points = quantized_eval(model, val_batches(dataset, model.config.block_size, n_batches, batch_size, device, seed),
+                            ctx, **options)
+    if not dataset_meta(dataset).get("mask"):
+        for p in points:
+            p.val_acc = None
+    return points

@@ -81,6 +81,20 @@ class PruningPoint:
 
 
 @dataclass
+class QuantPoint:
+    """The whole model's validation loss (and recall accuracy) decoding through a cache in `form` at
+    `kv_bits`, teacher-forced one token per step (evaluate.quantized_eval), and what one token costs in
+    that cache at long context (engine.kv_bytes_per_token: codes, scale and zero; 16 bits at 2 bytes)."""
+    form: str
+    kv_bits: int
+    kv_group: int
+    kv_residual: int
+    val_loss: float
+    val_acc: Optional[float]
+    kv_bytes_per_token: float
+
+
+@dataclass
 class RunRecord:
     """One training run of a study (results/<study>/<config>/seed<N>.json), made by ablate.py from the
     run's final checkpoint and read by report.py."""
@@ -112,6 +126,7 @@ class RunRecord:
     attn_layers: Optional[list] = None  # where attention is (placed, or learned under a budget)
     attn_gates: Optional[dict] = None  # a budget run's gates: {"p_open": [...], "z": [...]}
     recorded_best_val_loss: Optional[float] = None  # what a record made again replaced
+    quant: list = dataclasses.field(default_factory=list)  # QuantPoints: each form at 16, 8 and 4 bits
 
     def __post_init__(self):  # records written before attention placement existed: every layer attends
         if self.attn_layers is None:
@@ -121,7 +136,8 @@ class RunRecord:
     def from_dict(cls, d, path="record"):
         """The record a JSON object holds; an unknown or missing field is a one-line error naming the file."""
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         if not isinstance(d, dict) or set(d) - names or required - set(d):
             wrong = sorted(set(d) - names) if isinstance(d, dict) else []
             lacks = sorted(required - set(d)) if isinstance(d, dict) else sorted(required)
@@ -129,7 +145,8 @@ class RunRecord:
                              "run ablate.py again, which trains that run again")
         point = lambda p: PruningPoint(**p)
         return cls(**{**d, "half_pruned": {k: point(p) for k, p in d["half_pruned"].items()},
-                      "all_pruned": point(d["all_pruned"]), "pruning": [point(p) for p in d["pruning"]]})
+                      "all_pruned": point(d["all_pruned"]), "pruning": [point(p) for p in d["pruning"]],
+                      "quant": [QuantPoint(**q) for q in d.get("quant", [])]})
 
     def to_dict(self):
         return dataclasses.asdict(self)
