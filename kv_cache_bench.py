@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from configurator import ablation_names, configure, model_settings, print_top_operators, require, setup_device, time_ms
-from engine import KVCache, compiled_decode_step, decode_step
-from evaluate import checkpoint_curve, trained_model
+from engine import KV_BITS, KVCache, check_quant, compiled_decode_step, decode_step, kv_cache_nbytes
+from evaluate import checkpoint_curve, checkpoint_quant, trained_model
 from model import GPT, GPTConfig
 from records import CheckpointCurve, DecodeRow, PeerRow, ThroughputRow, atomic_write, check_writable, write_json
 
@@ -48,6 +48,9 @@ batch_size = 1  # for the prefill and decode columns
 decode_tokens = 8  # tokens timed per measurement (the median is reported)
 rounds = 3  # prefill and decode timings: medians over this many interleaved rounds of every config and form
 modes = "eager,compiled"  # decode timings to take: eager, compiled, or both
+kv_bits = "16"  # comma-separated cache bit widths to measure: 16 (as computed), 8, 4 (quantized); --ckpt: the losses
+kv_group = 32  # quantization group (channels of a token; tokens of a key channel)
+kv_residual = 0  # newest tokens kept unquantized
 throughput_context = 1024  # context of the throughput table (<= the largest context); 0 skips the table
 throughput_steps = 4  # decode steps timed per batch size
 mem_budget = 0.0  # GiB the throughput table's caches may take; 0: 2 on a CPU, 80% of free memory on a GPU
@@ -81,6 +84,14 @@ for path, what in ((json_path, "json"), (plot, "plot")):  # outputs checked befo
 block = max(ctx_lens)
 form_list = [f for f in str(forms).split(",") if f]
 mode_list = [m for m in str(modes).split(",") if m]
+try:
+    bits_list = [16] + [int(b) for b in str(kv_bits).split(",") if int(b) != 16]  # 16: what the others are against
+except ValueError:
+    raise SystemExit(f"error: kv_bits takes comma-separated bit widths (16, 8, 4), got {kv_bits!r}")
+for b in bits_list:
+    if b not in KV_BITS:
+        raise SystemExit(f"error: kv_bits={b} must be one of {', '.join(map(str, KV_BITS))}")
+quant = dict(kv_group=kv_group, kv_residual=kv_residual)
 device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
 is_cuda = device_type == "cuda"
 for f in form_list:
@@ -110,8 +121,8 @@ def decode_ms(model, cache, idx, start, step):
 
 # ----------------------------------------------------------------------------- phases
 def build(names):
-    """(name, model, form) for every config and cache form to measure: random-weight models at the
-    benchmark's shape, the baseline's K/V form first (every ratio is against it)."""
+    """(name, model, form, bits) for every config, cache form and bit width to measure: random-weight
+    models at the benchmark's shape, the baseline's 16-bit K/V form first (every ratio is against it)."""
     models = []
     for name in names:
         torch.manual_seed(seed)
@@ -119,7 +130,12 @@ def build(names):
                         **model_settings(f"config/ablation_{name}.py", n_layer=n_layer, n_head=n_head, n_embd=n_embd))
         model = GPT(cfg).to(device).eval()
         for form in (form_list if name != "baseline" else ["kv"] + [f for f in form_list if f != "kv"]):
-            models.append((name, model, form))
+            for bits in bits_list:
+                try:
+                    check_quant(cfg, form, bits, **quant)
+                except ValueError as e:
+                    raise SystemExit(f"error: {e}")
+                models.append((name, model, form, bits))
     return models
 
 
@@ -129,14 +145,14 @@ def measure(models):
     are medians over `rounds` rounds, each of which times every slot once, so a slow spell of a shared
     machine hits every config alike."""
     slots = []
-    for name, model, form in models:
+    for name, model, form, bits in models:
         for c in ctx_lens:
             g = torch.Generator().manual_seed(seed)
             idx = torch.randint(vocab_size, (batch_size, c), generator=g).to(device)
             with ctx:
-                cache = KVCache(model, batch_size, max_len=c, form=form)
+                cache = KVCache(model, batch_size, max_len=c, form=form, kv_bits=bits, **quant)
                 model(idx[:, :c - decode_tokens], cache=cache)  # warm-up: kernel selection, allocator growth
-            slots.append(dict(name=name, model=model, form=form, c=c, idx=idx, cache=cache, prefill=[],
+            slots.append(dict(name=name, model=model, form=form, bits=bits, c=c, idx=idx, cache=cache, prefill=[],
                               decode={m: [] for m in mode_list}))
     # every slot keeps its compiled graph across the rounds
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(slots) + 8)
@@ -153,21 +169,23 @@ def measure(models):
             pos = torch.tensor([s["c"] - 1], device=device)
             with ctx:
                 print_top_operators(lambda: decode_step(s["model"], s["idx"][:, -1:], s["cache"], pos), device_type,
-                                    f"{s['name']} ({s['form']} form): top operators by self time, one decode step at "
+                                    f"{s['name']} ({s['form']} form, {s['bits']}-bit): top operators by self time, "
+                                    "one decode step at "
                                     f"{s['c']}", rows=6)
-    return [DecodeRow(config=s["name"], form=s["form"], context=s["c"], batch_size=batch_size, dtype=dtype,
-                      kv_bytes_per_token=s["model"].kv_cache_bytes_per_token(ptdtype, form=s["form"]),
+    return [DecodeRow(config=s["name"], form=s["form"], context=s["c"], batch_size=batch_size, dtype=dtype, kv_bits=s["bits"],
+                      kv_bytes_per_token=kv_cache_nbytes(s["model"].config, s["form"], 1, s["c"], ptdtype, (), s["bits"],
+                                                         **quant) / s["c"],
                       kv_bytes_per_token_measured=s["cache"].nbytes() / (batch_size * s["c"]),
                       prefill_ms=float(np.median(s["prefill"])),
                       decode_ms={k: float(np.median(v)) for k, v in s["decode"].items()}) for s in slots]
 
 
 @torch.no_grad()
-def throughput(name, model, form, budget):
+def throughput(name, model, form, bits, budget):
     """ThroughputRows: tokens/s decoding at throughput_context for batch sizes doubling up to the largest
     whose cache fits the budget, and that largest one. The caches are filled with random values, not
     prefilled: a decode step's time does not depend on what the cache holds."""
-    per_seq = model.kv_cache_bytes_per_token(ptdtype, form=form) * throughput_context
+    per_seq = kv_cache_nbytes(model.config, form, 1, throughput_context, ptdtype, (), bits, **quant)
     largest = int(budget // per_seq)
     sizes = sorted({b for b in (2 ** i for i in range(largest.bit_length())) if b <= largest} | {largest} - {0})
     mode = "compiled" if is_cuda else "eager"  # on CUDA, launches would bound an eager step
@@ -175,13 +193,14 @@ def throughput(name, model, form, budget):
     for b in sizes:
         step = step_fn(mode)
         with ctx:
-            cache = KVCache(model, b, max_len=throughput_context, form=form)
+            cache = KVCache(model, b, max_len=throughput_context, form=form, kv_bits=bits, **quant)
             for t in cache.buffers():
-                t.normal_()
+                t.normal_() if t.is_floating_point() else t.random_(0, 256)
             idx = torch.randint(vocab_size, (b, throughput_context), device=device)
             ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
         out.append(ThroughputRow(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
-                                 cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest))
+                                 cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest,
+                                 kv_bits=bits))
         del cache
         if is_cuda:
             torch.cuda.empty_cache()
@@ -243,53 +262,68 @@ def prune(paths):
     curves = []
     for path in tqdm(paths, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
         ck, model, _ = trained_model(path, device)
-        points, contrib, _ = checkpoint_curve(model, ck["config"]["dataset"], eval_batches, eval_batch_size, device,
-                                              ctx, seed)
+        dataset = ck["config"]["dataset"]
+        points, contrib, _ = checkpoint_curve(model, dataset, eval_batches, eval_batch_size, device, ctx, seed)
+        try:  # the loss decoding through each bit width's cache, where more than 16 bits are asked for
+            q = checkpoint_quant(model, dataset, eval_batches, eval_batch_size, device, ctx, seed, bits=bits_list,
+                                 **quant) if len(bits_list) > 1 else []
+        except ValueError as e:
+            raise SystemExit(f"error: {path}: {e}")
         curves.append(CheckpointCurve(checkpoint=path, config=os.path.relpath(os.path.dirname(os.path.abspath(path))),
-                                      attention_contribution=contrib, points=points))
+                                      attention_contribution=contrib, points=points, quant=q))
     return curves
 
 
 # ----------------------------------------------------------------------------- tables
 def print_decode(records, names):
     W = max([len(n) for n in names] + [14]) + 2  # the config column, wide enough for every name
-    base = {r.context: r for r in records if r.config == "baseline" and r.form == "kv"}
+    base = {r.context: r for r in records if r.config == "baseline" and r.form == "kv" and r.kv_bits == 16}
     big = max(ctx_lens)
-    head = f"{'config':<{W}}{'form':<7}{'KV B/tok':>9}{'measured':>9}{'x base':>7}"
+    quantized = len(bits_list) > 1
+    head = f"{'config':<{W}}{'form':<7}{'bits':>5}{'KV B/tok':>10}{'measured':>10}{'x base':>7}"
     head += "".join(f"{'prefill@' + str(c):>13}" for c in ctx_lens)
     head += "".join(f"{m + '@' + str(c):>16}" for m in mode_list for c in ctx_lens)
     head += "".join(f"{'x base ' + m[:5]:>13}" for m in mode_list)
+    head += "".join(f"{'x 16-bit ' + m[:5]:>15}" for m in mode_list if quantized)
     print("\n" + head)
-    for name, form in dict.fromkeys((r.config, r.form) for r in records):
-        rows = {r.context: r for r in records if r.config == name and r.form == form}
+    for name, form, bits in dict.fromkeys((r.config, r.form, r.kv_bits) for r in records):
+        rows = {r.context: r for r in records if (r.config, r.form, r.kv_bits) == (name, form, bits)}
         r0 = rows[big]
-        line = (f"{name:<{W}}{form:<7}{r0.kv_bytes_per_token:>9,d}{r0.kv_bytes_per_token_measured:>9,.0f}"
+        full = next(r for r in records if (r.config, r.form, r.kv_bits, r.context) == (name, form, 16, big))
+        line = (f"{name:<{W}}{form:<7}{bits:>5}{r0.kv_bytes_per_token:>10,.0f}{r0.kv_bytes_per_token_measured:>10,.0f}"
                 f"{r0.kv_bytes_per_token / base[big].kv_bytes_per_token:>7.2f}")
         line += "".join(f"{rows[c].prefill_ms:>10.1f} ms" for c in ctx_lens)
         line += "".join(f"{rows[c].decode_ms[m]:>13.2f} ms" for m in mode_list for c in ctx_lens)
         line += "".join(f"{r0.decode_ms[m] / base[big].decode_ms[m]:>12.2f}x" for m in mode_list)
+        line += "".join(f"{r0.decode_ms[m] / full.decode_ms[m]:>14.2f}x" for m in mode_list if quantized)
         print(line)
-    print(f"KV B/tok: analytic bytes per token in {dtype} (all layers), measured: bytes the cache holds / (batch x "
-          f"context); ms per decoded token at each context, batch {batch_size}; x base: decode at {big} against "
-          "the baseline's K/V form")
+    print(f"KV B/tok: analytic bytes per token at context {big} in {dtype} (all layers; quantized: codes, float16 "
+          f"scale and zero in groups of {kv_group}, the unquantized window of {kv_residual} + a group), measured: "
+          f"bytes the cache holds / (batch x context); ms per decoded token at each context, batch {batch_size}; "
+          f"x base: decode at {big} against the baseline's 16-bit K/V form"
+          + ("; x 16-bit: against the same config and form unquantized" if quantized else ""))
 
 
 def print_throughput(through, names, budget):
     W = max([len(n) for n in names] + [14]) + 2
-    ref = max((t for t in through if t.config == "baseline" and t.form == "kv"), key=lambda t: t.batch_size)
+    top_of = lambda name, form, bits: max((t for t in through if (t.config, t.form, t.kv_bits) == (name, form, bits)),
+                                          key=lambda t: t.batch_size)
+    ref = top_of("baseline", "kv", 16)
     sizes = sorted({t.batch_size for t in through if not t.largest or t.batch_size & (t.batch_size - 1) == 0})
     print(f"\nthroughput at context {throughput_context}, caches within {budget / 2**30:.1f} GiB "
           f"({through[0].mode} decoding), tokens/s:")
-    print(f"{'config':<{W}}{'form':<7}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
-          + "".join(f"{'b=' + str(b):>10}" for b in sizes))
-    for name, form in dict.fromkeys((t.config, t.form) for t in through):
-        rows = [t for t in through if t.config == name and t.form == form]
-        top = rows[-1]
+    print(f"{'config':<{W}}{'form':<7}{'bits':>5}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
+          f"{'x 16-bit':>9}" + "".join(f"{'b=' + str(b):>10}" for b in sizes))
+    for name, form, bits in dict.fromkeys((t.config, t.form, t.kv_bits) for t in through):
+        rows = [t for t in through if (t.config, t.form, t.kv_bits) == (name, form, bits)]
+        top, full = rows[-1], top_of(name, form, 16)
         per_b = {t.batch_size: t.tokens_per_s for t in rows}
-        print(f"{name:<{W}}{form:<7}{top.batch_size:>10d}{top.batch_size / ref.batch_size:>7.2f}"
+        print(f"{name:<{W}}{form:<7}{bits:>5}{top.batch_size:>10d}{top.batch_size / ref.batch_size:>7.2f}"
               f"{top.tokens_per_s:>13.1f}{top.tokens_per_s / ref.tokens_per_s:>7.2f}"
+              f"{top.tokens_per_s / full.tokens_per_s:>9.2f}"
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
-    print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's K/V form")
+    print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's 16-bit K/V "
+          "form; x 16-bit: tokens/s at max batch against the same config and form unquantized")
 
 
 def print_peer(rows):
@@ -313,6 +347,21 @@ def print_pruning(curves):
                 print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{p.val_acc:>8.3f}" for p in rows))
     print("val loss (and recall accuracy on the recall set) with attention removed from 0, 1, 2, ... layers; "
           "KV bytes per token (16-bit, K/V form) fall as (L - k) / L")
+
+
+def print_quant(curves):
+    print(f"\n{'checkpoint':<36}{'form':<7}{'bits':>5}{'B/token':>9}{'val loss':>10}{'vs 16-bit':>11}"
+          + (f"{'recall acc':>12}{'x 16-bit':>9}" if curves[0].quant[0].val_acc is not None else ""))
+    for c in curves:
+        full = {q.form: q for q in c.quant if q.kv_bits == 16}
+        for q in c.quant:
+            f = full[q.form]
+            print(f"{c.config:<36}{q.form:<7}{q.kv_bits:>5}{q.kv_bytes_per_token:>9,.0f}{q.val_loss:>10.4f}"
+                  f"{q.val_loss - f.val_loss:>+11.4f}"
+                  + (f"{q.val_acc:>12.3f}{q.val_acc / f.val_acc if f.val_acc else float('nan'):>9.3f}"
+                     if q.val_acc is not None else ""))
+    print(f"loss decoding through the cache, teacher-forced, one token per step (group {kv_group}, residual "
+          f"{kv_residual}); B/token: one token's cache bytes at long context, 16 bits at 2 bytes a value")
 
 
 def plot_pruning(curves, path):
@@ -363,9 +412,9 @@ def main():
     models = build(names)
     records = measure(models) if models else []
     through = []
-    for name, model, form in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
-                                  dynamic_ncols=True):
-        through += throughput(name, model, form, budget)
+    for name, model, form, bits in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
+                                        dynamic_ncols=True):
+        through += throughput(name, model, form, bits, budget)
     if records:
         print_decode(records, names)
     if through:
@@ -376,6 +425,8 @@ def main():
     curves = prune(paths)
     if curves:
         print_pruning(curves)
+    if curves and curves[0].quant:
+        print_quant(curves)
     if json_path:
         write_json(json_path, {"machine": machine, "device": device, "torch": torch.__version__,
                                **{k: [dataclasses.asdict(r) for r in v] for k, v in (

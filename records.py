@@ -204,6 +204,7 @@ class DecodeRow:
     kv_bytes_per_token_measured: float  # bytes the cache's tensors hold / (batch x context)
     prefill_ms: float
     decode_ms: dict = field(default_factory=dict)  # {"eager": ms per token, "compiled": ...}
+    kv_bits: int = 16  # 8 or 4: a quantized cache (kv_bytes_per_token: exact bytes of the cache / context)
 
 
 @dataclass
@@ -217,6 +218,7 @@ class ThroughputRow:
     cache_bytes: int
     tokens_per_s: float
     largest: bool  # the largest batch whose cache fits the budget
+    kv_bits: int = 16
 
 
 @dataclass
@@ -241,3 +243,4 @@ class CheckpointCurve:
     config: str  # its run directory
     attention_contribution: list
     points: list  # PruningPoint
+    quant: list = field(default_factory=list)  # QuantPoint: the whole model through each cache form and bit width

@@ -4,6 +4,7 @@ Sample from a trained model, streaming tokens as they are made, with the KV cach
 $ python sample.py --out_dir=out-ablation_full
 $ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers="(2,3)"
 $ python sample.py --out_dir=out-ablation_full --kv_cache=kv --compile=True
+$ python sample.py --out_dir=out-ablation_full --kv_bits=4 --kv_group=32 --kv_residual=16   # a quantized cache
 $ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip install transformers`
 """
 import codecs
@@ -17,7 +18,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, die, require, setup_device
 from evaluate import dataset_meta
 from analysis import analyze_attn_gates, remove_closed_attention
-from engine import cache_form
+from engine import cache_form, check_quant
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -34,6 +35,9 @@ dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 e
 compile = False  # torch.compile the decode step (CUDA graphs on CUDA); needs the KV cache
 kv_cache = "auto"  # auto (True): the smaller form; kv: K, V (+ Q); input: ln_1(x); False: recompute every step
 attn_skip_layers = ()  # run these layers with attention removed (they keep no cache)
+kv_bits = 16  # 8 or 4: keep the cache quantized (keys per channel, values and x^ per token); 16: as computed
+kv_group = 32  # values per quantization group (channels; tokens for keys); must divide head_dim (kv) or n_embd (input)
+kv_residual = 0  # the newest tokens kept unquantized (KIVI keeps 128)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 require((num_samples >= 1 and max_new_tokens >= 0, "num_samples must be >= 1 and max_new_tokens >= 0"),
@@ -70,6 +74,12 @@ if kv_cache is not False:  # the cache forms are the model's to name: one check,
         die(f"kv_cache must be True, False, auto, kv or input, got {kv_cache!r}")
 if compile and kv_cache is False:
     die("compile=True compiles the cached decode step: it needs the KV cache (kv_cache=False recomputes)")
+if kv_bits != 16 and kv_cache is False:
+    die(f"kv_bits={kv_bits} quantizes the KV cache: it needs kv_cache (False recomputes)")
+try:  # the form that will be used, so that the group is checked against its axis
+    check_quant(model.config, cache_form(model.config, kv_cache or "auto"), kv_bits, kv_group, kv_residual)
+except ValueError as e:
+    die(str(e))
 
 if meta is not None and meta.get("mask"):
     die(f"this model was trained on data/{dataset}, token ids with no text vocabulary: there is nothing to "
@@ -116,10 +126,12 @@ for k in range(num_samples):
     t0, n = time.perf_counter(), 0
     with ctx:
         for tok in model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile):
+                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile,
+                                         kv_bits=kv_bits, kv_group=kv_group, kv_residual=kv_residual):
             sys.stdout.write(dec(tok[0].tolist()))
             sys.stdout.flush()
             n += 1
     dt = time.perf_counter() - t0
     print(f"\n---------------  [{n} tokens in {dt:.2f}s, {n / dt:.1f} tokens/s, "
-          f"kv_cache={kv_cache}]", flush=True)
+          f"kv_cache={kv_cache}" + (f", {kv_bits}-bit, group {kv_group}, residual {kv_residual}" if kv_bits != 16
+                                    else "") + "]", flush=True)

@@ -220,6 +220,17 @@ def test_sample_errors_and_prompts(trained, tmp_path):
     assert p.stderr.strip() == "error: the prompt has characters this model's vocabulary lacks: '\u00e9'"
     p = run("sample.py", f"--out_dir={trained}", "--compile=True", "--kv_cache=False", check=False)
     assert p.returncode == 1 and p.stderr.strip().startswith("error: compile=True compiles the cached decode step")
+    for args, line in ((["--kv_bits=3"], "kv_bits=3 must be one of 16, 8, 4"),
+                       (["--kv_bits=4", "--kv_cache=kv"], "kv_group=32 must divide head_dim=8 (the kv form quantizes "
+                                                          "values per token in groups of channels)"),
+                       (["--kv_bits=8", "--kv_residual=-2"], "kv_residual=-2 must be a whole number of tokens >= 0"),
+                       (["--kv_bits=8", "--kv_cache=False"], "kv_bits=8 quantizes the KV cache: it needs kv_cache "
+                                                             "(False recomputes)")):
+        p = run("sample.py", f"--out_dir={trained}", *args, check=False)
+        assert p.returncode == 1 and p.stderr.strip() == f"error: {line}", args
+    p = run("sample.py", f"--out_dir={trained}", "--kv_bits=4", "--kv_residual=3", "--num_samples=1",
+            "--max_new_tokens=40", "--start=ROMEO:")  # the input form at 4 bits, past block_size
+    assert p.stdout.startswith("ROMEO:") and "40 tokens" in p.stdout and "4-bit, group 32, residual 3" in p.stdout
     p = run("sample.py", f"--out_dir={trained}", "--kv_cache=latent", check=False)
     assert p.returncode == 1 and p.stderr.strip() == "error: kv_cache must be True, False, auto, kv or input, got 'latent'"
     p = run("sample.py", f"--out_dir={tmp_path}", check=False)
