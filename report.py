@@ -119,6 +119,14 @@ def summarize(records):
         s["ranking"] = next(r for r in ("greedy", "contribution")
                             if all(any(p.ranking == r for p in rec.pruning) for rec in rs))
         s["curve"] = curves[s["ranking"]]
+        # quantized caches: the whole model through each form at each bit width, over the seeds whose records
+        # have them (made by this evaluation), on the same batches as the curve
+        s["quant"] = {}
+        for r in rs:
+            for q in r.quant:
+                s["quant"].setdefault((q.form, q.kv_bits), {"bytes": q.kv_bytes_per_token, "loss": [], "acc": []})
+                s["quant"][q.form, q.kv_bits]["loss"].append(q.val_loss)
+                s["quant"][q.form, q.kv_bits]["acc"].append(q.val_acc)
         if recall:
             s["accs"] = [r.eval_val_acc for r in rs]
             s["acc"], s["acc_std"] = mean_std(s["accs"])
@@ -169,6 +177,7 @@ class CachePoint(NamedTuple):
     values: list
     form: str
     pruned: int
+    bits: int = 16
 
 
 def cache_points(S, names, measure):
@@ -188,6 +197,51 @@ def cache_points(S, names, measure):
                                   f"{n} with {p['k']} layers' attention pruned, {s['ranking']} order "
                                   f"({'K/V' if form == 'kv' else 'input'} form)", n, p[measure], form, p["k"]))
     return pts
+
+
+def quant_points(S, names, measure):
+    """Every config's whole model decoded through its cache at 16, 8 and 4 bits, as CachePoints (bytes per
+    token at long context: 16 bits at 2 bytes a value; fewer: codes, scale and zero)."""
+    return [CachePoint(q["bytes"], *mean_std(q[measure]), f"{n} in the {'K/V' if form == 'kv' else 'input'} form "
+                       f"at {bits} bits", n, q[measure], form, 0, bits)
+            for n in names for (form, bits), q in sorted(S[n]["quant"].items())]
+
+
+def pareto_lines(S, names, measure, recall):
+    """The Pareto of every route the records measured through a cache (form x placement x GQA/MQA/CLA x
+    bits; pruning is in the best-cache tables): a table of every config with quantized-cache records in
+    each form at 16, 8 and 4 bits, the frontier marked, and the headline: the smallest cache within +0.01
+    nats (or 0.01 accuracy) of the baseline's 16-bit cache, on the same seeds."""
+    pts = quant_points(S, names, measure)
+    if not any(p.bits != 16 for p in pts) or ("kv", 16) not in S["baseline"]["quant"]:
+        return [], []
+    front = {id(p) for p in pareto(pts, recall)}
+    ref = statistics.mean(S["baseline"]["quant"]["kv", 16][measure])
+    gpt2 = S["baseline"]["kv"]["kv"]
+    seeds = sorted({len(p.values) for p in pts})
+    what = "recall accuracy" if recall else "validation loss"
+    lines = ["", f"The Pareto of every route: cache bytes per token against {what} for each config with quantized-"
+             f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), in each cache form, "
+             "at 16 bits (2 bytes a value) and through 8- and 4-bit caches (codes, plus float16 scale and zero per "
+             "group of 32: bytes per token at long context), teacher-forced one token per step; mean +- std over "
+             "seeds. `*`: on the Pareto front of these points. The baseline's 16-bit cache on these seeds: "
+             f"{ref:.4f}.", "",
+             f"| config | form | 16-bit B/tok | {what} | 8-bit B/tok | {what} | 4-bit B/tok | {what} |",
+             "|---|---|---|---|---|---|---|---|"]
+    cell = lambda p: f"{p.bytes:,.0f} | {'*' if id(p) in front else ''}{p.mean:.4f} +- {fmt(p.std)}"
+    for n in (n for n in names if S[n]["quant"]):
+        for form in S[n]["kv"]:
+            row = [p for p in pts if p.config == n and p.form == form]
+            by_bits = {p.bits: p for p in row}
+            lines.append(f"| {n} | {'K/V' if form == 'kv' else 'input'} | "
+                         + " | ".join(cell(by_bits[b]) if b in by_bits else "- | -" for b in (16, 8, 4)) + " |")
+    close = [p for p in pts if (ref - p.mean if recall else p.mean - ref) <= 0.01]
+    best = min(close, key=lambda p: (p.bytes, p.mean if not recall else -p.mean))
+    answer = (f"- The smallest cache within {'0.01 accuracy' if recall else '+0.01 nats'} of the baseline: {best.label}"
+              f", {best.bytes:,.0f} B/token, {what} "
+              f"{best.mean:.4f} ({best.mean - ref:+.4f}), {best.bytes / gpt2:.3f}x of GPT-2's 16-bit K/V cache "
+              f"(1/{gpt2 / best.bytes:.1f}).")
+    return lines, [answer]
 
 
 def pareto(pts, higher_is_better):
@@ -284,6 +338,9 @@ def report(records, study):
                        f"{verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
         answers.append(answer + ".")
     answers += placement_answers(S, names, measure, recall)
+    more, headline = pareto_lines(S, names, measure, recall)
+    lines += more
+    answers += headline
     if recall:
         answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
                        f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0].chance_accuracy:.4f}).")
@@ -380,7 +437,7 @@ def plot(records, path, title):
         far = sorted({p.config for p in pts if not p.pruned and abs(p.mean - m0) > 10 * sd0})
         for ax, zoom in zip(row, (False, True)):  # every point; the unpruned ones alone, where they differ by 0.01
             taken = {}  # points already drawn at each cache size: spread sideways
-            for b, m, sd, label, n, _, form, pruned in pts:
+            for b, m, sd, label, n, _, form, pruned, _ in pts:
                 if zoom and (pruned or n in far):
                     continue
                 j = taken[b, pruned] = taken.get((b, pruned), -1) + 1
@@ -388,15 +445,21 @@ def plot(records, path, title):
                 ax.errorbar(b + j * spread, m, yerr=0 if math.isnan(sd) else sd, fmt=marker, color=color[n],
                             mfc="none" if marker == "s" else color[n], ms=4 if pruned else 5, capsize=2,
                             alpha=0.6 if pruned else 1.0, label=n if marker == "o" and not zoom else None)
+            if not zoom:  # quantized caches (the records that have them): ^ 8 bits, v 4 bits
+                for p in (p for p in quant_points(S, names, measure) if p.bits != 16):
+                    ax.errorbar(p.bytes, p.mean, yerr=0 if math.isnan(p.std) else p.std, fmt="^" if p.bits == 8 else "v",
+                                color=color[p.config], mfc="none" if p.form == "input" else color[p.config], ms=5,
+                                capsize=2)
             front = pareto([p for p in pts if not (zoom and (p.pruned or p.config in far))], measure == "acc")
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1,
                     label="Pareto front" if not zoom and measure == "loss" else None)
-            ax.set_xlabel("KV cache bytes per token (16-bit)")
+            ax.set_xlabel("KV cache bytes per token (16-bit; quantized: codes, scale and zero)")
             ax.set_ylabel(("recall accuracy" if measure == "acc" else "validation loss") + " (final model)")
             ax.set_title("unpruned configs only" + (f" (left out, far from the baseline: {', '.join(far)})" if far else "")
                          if zoom else "every config, cache form and pruned point", fontsize=9)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8,
-               title="o K/V form, s input form,\nx attention pruned", title_fontsize=8)
+               title="o K/V form, s input form,\nx attention pruned,\n^ 8-bit, v 4-bit cache\n(hollow: input form)",
+               title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
