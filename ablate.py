@@ -37,11 +37,13 @@ results = ""  # the study's folder of run records; '' = results/<overlay's name>
 out_root = ""  # checkpoints (out of git); '' = out-ablate/<overlay's name>
 eval_batches = 20  # validation batches for the pruning evaluation
 eval_batch_size = 16
+kv_group = 32  # quantization group of the quantized-cache evaluation (16, 8 and 4 bits); must divide head_dim
 dry_run = False
 reevaluate = ""  # comma-separated configs whose existing records are made again (the run retrained where its checkpoint is gone)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
-require((seeds >= 1 and eval_batches >= 1 and eval_batch_size >= 1, "seeds, eval_batches and eval_batch_size must be >= 1"))
+require((seeds >= 1 and eval_batches >= 1 and eval_batch_size >= 1, "seeds, eval_batches and eval_batch_size must be >= 1"),
+        (isinstance(kv_group, int) and kv_group >= 1, f"kv_group must be a whole number >= 1, got {kv_group!r}"))
 stem = os.path.splitext(os.path.basename(overlay))[0] if overlay else "default"
 results = results or os.path.join("results", stem)
 out_root = out_root or os.path.join("out-ablate", stem)
@@ -124,7 +126,16 @@ def evaluate(name, seed, out_dir, command, wall):
         history=ck.get("history", []),  # every evaluation during training: when a run learned what it learned
         attn_layers=list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
         attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())},
-        quant=checkpoint_quant(model, tc["dataset"], eval_batches, eval_batch_size, "cpu"))
+        quant=quant_points(model, tc["dataset"]))
+
+
+def quant_points(model, dataset):
+    """The quantized-cache evaluation (evaluate.checkpoint_quant); a group that does not divide the model's
+    axes is a one-line error that keeps the checkpoint (the same command with --kv_group evaluates it)."""
+    try:
+        return checkpoint_quant(model, dataset, eval_batches, eval_batch_size, "cpu", kv_group=kv_group)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}: give ablate.py a --kv_group that does")
 
 
 def keep(record, old, study):

@@ -23,7 +23,7 @@ def test_tiny_ablation_study(char_data, tmp_path):
     res, out = tmp_path / "results", tmp_path / "out"
     train_args = " ".join(TINY[1:] + ["--max_iters=12", "--eval_interval=6"])
     args = ["ablate.py", "--configs=baseline,route_gate", "--seeds=3", f"--results={res}", f"--out_root={out}",
-            f"--train_args={train_args}", "--eval_batches=2", "--eval_batch_size=4"]
+            f"--train_args={train_args}", "--eval_batches=2", "--eval_batch_size=4", "--kv_group=8"]
     p = run(*args)
     assert "[run 2/6] route_gate seed 0: to train" in p.stdout  # seed by seed: a study stopped early is balanced
     records = json.loads((res / "results.json").read_text())

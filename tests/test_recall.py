@@ -148,13 +148,22 @@ def test_baseline_learns_recall_and_is_at_chance_without_attention(learn_data, t
 def test_ablation_report_has_recall_accuracy(recall_data, tmp_path):
     train_args = f"--dataset={NAME} --n_layer=2 --n_embd=32 --max_iters=20 --eval_interval=10 --eval_iters=2"
     run("ablate.py", "--configs=baseline,mqa", "--overlay=config/recall.py", f"--results={tmp_path}",
-        f"--out_root={tmp_path}/out", f"--train_args={train_args}", "--eval_batches=2", "--eval_batch_size=8")
+        f"--out_root={tmp_path}/out", f"--train_args={train_args}", "--eval_batches=2", "--eval_batch_size=8",
+        "--kv_group=8")
     records = json.loads((tmp_path / "results.json").read_text())
     for r in records:
         assert 0 <= r["eval_val_acc"] <= 1 and r["chance_accuracy"] == 1 / 16
         assert r["all_pruned"]["layers"] == [0, 1] and set(r["all_pruned"]["kv_bytes_per_token"].values()) == {0}
         assert r["half_pruned"]["contribution"]["val_acc"] is not None
+        # the whole model through its cache at 16, 8 and 4 bits: at 16 bits, the loss and accuracy of a
+        # forward pass on the same batches
+        q = {(p["form"], p["kv_bits"]): p for p in r["quant"]}
+        forms = ("kv", "input")
+        assert set(q) == {(f, b) for f in forms for b in (16, 8, 4)}
+        assert all(abs(q[f, 16]["val_loss"] - r["eval_val_loss"]) < 1e-4 for f in forms)
+        assert all(q[f, 16]["val_acc"] == r["eval_val_acc"] for f in forms)
     report = (tmp_path / "report.md").read_text()
+    assert "The Pareto of every route" in report and "The smallest cache within 0.01 accuracy" in report
     assert "recall acc" in report and "chance 0.0625" in report
     for r in records:
         row = next(line for line in report.splitlines() if line.startswith(f"| {r['config']} |"))
