@@ -32,9 +32,13 @@ def kv_layer_tensors(cfg, form, attn_skip_layers=()):
     layers = []
     for i in range(cfg.n_layer):
         shared = feeds_group(cfg, i, attn_skip_layers)
-        tensors = ([(cfg.n_embd, False)] if form == "input" else [(kv, True), (kv, False)]) if shared else []
-        if form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers):
-            tensors.append((cfg.n_head * D, True))
+        own_q = form == "kv" and cfg.use_reciprocity and attends(cfg, i, attn_skip_layers)
+        if form == "input":
+            tensors = [(cfg.n_embd, False)] if shared else []
+        elif shared and own_q and cfg.n_kv_head == cfg.n_head:  # K~ = [k | q]: one tensor (KVLayerCache)
+            tensors = [(2 * kv, True), (kv, False)]
+        else:
+            tensors = ([(kv, True), (kv, False)] if shared else []) + ([(cfg.n_head * D, True)] if own_q else [])
         layers.append(tensors)
     return layers
 
@@ -95,6 +99,16 @@ def kv_cache_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_sk
         total += padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2
         total += min(kv_residual + tok, max_len) * width * size
     return batch_size * total
+
+
+def kv_workspace_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_skip_layers=(), kv_bits=16,
+                        kv_group=32):
+    """The workspace a quantized KVCache dequantizes into: its largest tensor in dtype (0 at 16 bits)."""
+    widths = [(w, pc) for layer in kv_layer_tensors(cfg, form, attn_skip_layers) for w, pc in layer]
+    if kv_bits == 16 or not widths:
+        return 0
+    padded = lambda pc: -(-max_len // kv_group) * kv_group if pc else max_len
+    return batch_size * max(w * padded(pc) for w, pc in widths) * torch.empty((), dtype=dtype).element_size()
 
 
 def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16):
@@ -161,12 +175,18 @@ def quantize(x, bits, group, per_channel):
     return codes, scale, zero
 
 
-def dequantize(codes, scale, zero, bits, group, per_channel, dtype):
-    """The values quantize's (codes, scale, zero) stand for, (..., n, C) in dtype."""
-    if bits == 4:
-        codes = torch.stack((codes & 15, codes >> 4), dim=-1).flatten(-2)
-    g = _grouped(codes.to(dtype), group, per_channel)
-    return torch.addcmul(zero.to(dtype), g, scale.to(dtype)).view(codes.shape)
+def dequantize(codes, scale, zero, bits, group, per_channel, dtype, out=None):
+    """The values quantize's (codes, scale, zero) stand for, (..., n, C) in dtype, written into `out` where
+    given. In place, so that a cache reading itself every step allocates nothing: a fresh tensor of the
+    cache's size per step costs more in page faults than the arithmetic (measured: 10x on a CPU)."""
+    *lead, n, packed = codes.shape
+    if out is None:
+        out = torch.empty(*lead, n, packed * 8 // bits, dtype=dtype, device=codes.device)
+    if bits == 4:  # low nibble first: two codes per byte (a uint8 tensor, a quarter of `out`'s bytes)
+        codes = torch.stack((codes & 15, codes >> 4), dim=-1).view(*lead, n, 2 * packed)
+    out.copy_(codes)
+    _grouped(out, group, per_channel).mul_(scale).add_(zero)
+    return out
 
 
 def fake_quant(x, bits, group, per_channel):
@@ -201,6 +221,7 @@ class QuantizedBuffer:
 
     def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel):
         self.bits, self.group, self.residual, self.per_channel = bits, group, residual, per_channel
+        self.work = None  # where read() dequantizes to: the KVCache's workspace, shared by every layer
         self.tok = group if per_channel else 1  # tokens per group
         self.max_len, padded = max_len, -(-max_len // self.tok) * self.tok
         self.window = min(residual + self.tok, max_len)
@@ -250,8 +271,8 @@ class QuantizedBuffer:
         newest written replaced by the ring's full-precision values. Slot s holds the position p in [n - W,
         n) with p = s mod W (a p < 0, never written, goes to p + W >= n instead: masked)."""
         W, n = self.window, input_pos[-1:] + 1
-        out = dequantize(self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel,
-                         self.ring.dtype)[..., :self.max_len, :]
+        out = dequantize(self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel, self.ring.dtype,
+                         self.work)[..., :self.max_len, :]
         pos = n - W + (torch.arange(W, device=n.device) - n) % W
         pos = torch.where(pos < 0, pos + W, pos)
         fresh = (pos >= self.quantized(n)).view(W, 1)
@@ -419,8 +440,15 @@ class KVCache:
                 self.layers.append(owner)
             else:
                 self.layers.append(SharedLayerCache(block.attn, batch_size, self.max_len, like, owner, on, self.quant))
+        # a quantized cache dequantizes one tensor at a time into one workspace (attention is done with
+        # each before the next is read): memory that is not the cache's, but that decoding needs
+        quantized = [s for layer in self.layers if layer for s in layer.buffers() if isinstance(s, QuantizedBuffer)]
+        shapes = [(*s.codes.shape[:-1], s.codes.size(-1) * 8 // kv_bits) for s in quantized]
+        self.workspace = _zeros(max((math.prod(sh) for sh in shapes), default=0), like=like)
+        for s, sh in zip(quantized, shapes):
+            s.work = self.workspace[:math.prod(sh)].view(sh)
         if device.type == "cuda":  # CUDA graphs may then write into them in place
-            for t in self.buffers():
+            for t in self.buffers() + [self.workspace]:
                 torch._dynamo.mark_static_address(t)
 
     def advance(self, t):
@@ -439,7 +467,12 @@ class KVCache:
         return list({id(t): t for layer in self.layers if layer for s in layer.buffers() for t in s.tensors()}.values())
 
     def nbytes(self):
+        """Bytes the cache holds (its buffers: what the past costs)."""
         return sum(t.numel() * t.element_size() for t in self.buffers())
+
+    def workspace_nbytes(self):
+        """Bytes of the workspace a quantized cache dequantizes into (0 at 16 bits)."""
+        return self.workspace.numel() * self.workspace.element_size()
 
 
 # ----------------------------------------------------------------------------- generation

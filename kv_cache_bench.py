@@ -31,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from configurator import ablation_names, configure, model_settings, print_top_operators, require, setup_device, time_ms
-from engine import KV_BITS, KVCache, check_quant, compiled_decode_step, decode_step, kv_cache_nbytes
+from engine import (KV_BITS, KVCache, check_quant, compiled_decode_step, decode_step, kv_cache_nbytes,
+                    kv_workspace_nbytes)
 from evaluate import checkpoint_curve, checkpoint_quant, trained_model
 from model import GPT, GPTConfig
 from records import CheckpointCurve, DecodeRow, PeerRow, ThroughputRow, atomic_write, check_writable, write_json
@@ -181,14 +182,19 @@ def measure(models):
 
 
 @torch.no_grad()
-def throughput(name, model, form, bits, budget):
+def throughput(name, model, form, bits, budget, mode):
     """ThroughputRows: tokens/s decoding at throughput_context for batch sizes doubling up to the largest
-    whose cache fits the budget, and that largest one. The caches are filled with random values, not
-    prefilled: a decode step's time does not depend on what the cache holds."""
-    per_seq = kv_cache_nbytes(model.config, form, 1, throughput_context, ptdtype, (), bits, **quant)
+    whose cache (and, quantized, the workspace it dequantizes into) fits the budget, and that largest
+    one; compiled on a CPU, the largest alone (each batch size is a compile). The caches are filled with
+    random values, not prefilled: a decode step's time does not depend on what the cache holds."""
+    per_seq = (kv_cache_nbytes(model.config, form, 1, throughput_context, ptdtype, (), bits, **quant)
+               + kv_workspace_nbytes(model.config, form, 1, throughput_context, ptdtype, (), bits, quant["kv_group"]))
     largest = int(budget // per_seq)
     sizes = sorted({b for b in (2 ** i for i in range(largest.bit_length())) if b <= largest} | {largest} - {0})
-    mode = "compiled" if is_cuda else "eager"  # on CUDA, launches would bound an eager step
+    if mode == "compiled" and not is_cuda:
+        sizes = sizes[-1:]
+    if mode == "compiled":  # a graph per batch size, beside those of the decode table
+        torch._dynamo.config.recompile_limit += len(sizes)
     out = []
     for b in sizes:
         step = step_fn(mode)
@@ -199,7 +205,8 @@ def throughput(name, model, form, bits, budget):
             idx = torch.randint(vocab_size, (b, throughput_context), device=device)
             ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
         out.append(ThroughputRow(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
-                                 cache_bytes=cache.nbytes(), tokens_per_s=1000 * b / ms, largest=b == largest,
+                                 cache_bytes=cache.nbytes() + cache.workspace_nbytes(), tokens_per_s=1000 * b / ms,
+                                 largest=b == largest,
                                  kv_bits=bits))
         del cache
         if is_cuda:
@@ -304,7 +311,12 @@ def print_decode(records, names):
           + ("; x 16-bit: against the same config and form unquantized" if quantized else ""))
 
 
-def print_throughput(through, names, budget):
+def print_throughput(all_rows, names, budget):
+    for mode in dict.fromkeys(t.mode for t in all_rows):
+        print_throughput_mode([t for t in all_rows if t.mode == mode], names, budget)
+
+
+def print_throughput_mode(through, names, budget):
     W = max([len(n) for n in names] + [14]) + 2
     top_of = lambda name, form, bits: max((t for t in through if (t.config, t.form, t.kv_bits) == (name, form, bits)),
                                           key=lambda t: t.batch_size)
@@ -322,8 +334,9 @@ def print_throughput(through, names, budget):
               f"{top.tokens_per_s:>13.1f}{top.tokens_per_s / ref.tokens_per_s:>7.2f}"
               f"{top.tokens_per_s / full.tokens_per_s:>9.2f}"
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
-    print("max batch: the most sequences whose cache fits the budget; x base: against the baseline's 16-bit K/V "
-          "form; x 16-bit: tokens/s at max batch against the same config and form unquantized")
+    print("max batch: the most sequences whose cache (and a quantized cache's workspace) fits the budget; x base: "
+          "against the baseline's 16-bit K/V form; x 16-bit: tokens/s at max batch against the same config and form "
+          "unquantized")
 
 
 def print_peer(rows):
@@ -412,9 +425,11 @@ def main():
     models = build(names)
     records = measure(models) if models else []
     through = []
+    through_modes = ["compiled"] if is_cuda else mode_list  # on CUDA, launches would bound an eager step
     for name, model, form, bits in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
                                         dynamic_ncols=True):
-        through += throughput(name, model, form, bits, budget)
+        for mode in through_modes:
+            through += throughput(name, model, form, bits, budget, mode)
     if records:
         print_decode(records, names)
     if through:

@@ -284,6 +284,31 @@ def test_kv_cache_bench(trained, tmp_path):
     assert p.stdout.count("top operators by self time, one decode step at 64") == 10  # 5 configs x 2 forms
 
 
+@pytest.mark.slow
+def test_kv_cache_bench_quantized(trained, tmp_path):
+    """--kv_bits: every config and form at 16, 8 and 4 bits, the bytes each cache holds equal to the
+    formula, a larger batch within the budget, and with --ckpt the loss through each cache."""
+    out = tmp_path / "kv.json"
+    p = run("kv_cache_bench.py", "--configs=baseline", "--kv_bits=8,4", "--kv_group=8", "--kv_residual=2",
+            "--n_layer=2", "--n_embd=32", "--n_head=4", "--contexts=64", "--decode_tokens=2", "--throughput_context=64",
+            "--mem_budget=0.0004", "--throughput_steps=2", "--rounds=1", f"--json={out}", f"--ckpt={trained}/ckpt.pt",
+            "--eval_batches=2", "--eval_batch_size=2")
+    data = json.loads(out.read_text())
+    rows = {(r["form"], r["kv_bits"]): r for r in data["records"]}
+    assert set(rows) == {(f, b) for f in ("kv", "input") for b in (16, 8, 4)}
+    assert all(r["kv_bytes_per_token_measured"] == r["kv_bytes_per_token"] for r in rows.values())
+    assert rows["kv", 4]["kv_bytes_per_token"] < rows["kv", 8]["kv_bytes_per_token"] < rows["kv", 16]["kv_bytes_per_token"]
+    largest = {(t["form"], t["kv_bits"], t["mode"]): t["batch_size"] for t in data["throughput"] if t["largest"]}
+    assert largest["kv", 16, "eager"] == 13 and largest["kv", 8, "eager"] > 13 and largest["kv", 8, "compiled"] > 13
+    assert all(t["cache_bytes"] <= 0.0004 * 2**30 for t in data["throughput"])
+    (curve,) = data["pruning"]
+    quant = {(q["form"], q["kv_bits"]): q for q in curve["quant"]}
+    assert set(quant) == {(f, b) for f in ("kv", "input") for b in (16, 8, 4)}
+    whole = next(p for p in curve["points"] if not p["layers"])  # 16 bits through the cache: the forward pass
+    assert all(abs(quant[f, 16]["val_loss"] - whole["val_loss"]) < 1e-4 for f in ("kv", "input"))
+    assert "x 16-bit" in p.stdout and "loss decoding through the cache" in p.stdout
+
+
 def test_kv_cache_bench_peer_without_transformers(tmp_path):
     """--peer=hf where transformers is not installed: one line, and the rest of the run goes on."""
     (tmp_path / "transformers.py").write_text("raise ImportError('no transformers here')\n")

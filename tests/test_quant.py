@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
-from engine import KVCache, cache_forms, fake_quant, kv_bytes_per_token, kv_cache_nbytes, quantize, dequantize
+from engine import (KVCache, cache_forms, dequantize, fake_quant, kv_bytes_per_token, kv_cache_nbytes,
+                    kv_workspace_nbytes, quantize)
 from model import repeat_kv
 from test_model import CONFIGS, tiny
 
@@ -128,7 +129,7 @@ def test_quantize_round_trip_and_packing():
 
 def test_cache_holds_exactly_the_analytic_quantized_bytes():
     """Bytes a quantized cache holds (codes, scales, zero points, the full-precision ring) == the
-    formula, for every config and form; and per token at long context, 8 bits is about a quarter of
+    formula, for every config and form, and so does its workspace; and per token at long context, 8 bits is about a quarter of
     float32 and 4 bits an eighth, plus 4 / G bytes per value of scale and zero."""
     for name in CONFIGS:
         model = tiny(**CONFIGS[name]).eval()
@@ -141,6 +142,9 @@ def test_cache_holds_exactly_the_analytic_quantized_bytes():
                         expect = kv_cache_nbytes(model.config, form, 3, max_len, torch.float32, skip, bits, GROUP,
                                                  residual)
                         assert cache.nbytes() == expect, (name, form, bits, residual, skip)
+                        # and the workspace it dequantizes into: its largest tensor, in float32
+                        assert cache.workspace_nbytes() == kv_workspace_nbytes(
+                            model.config, form, 3, max_len, torch.float32, skip, bits, GROUP)
     cfg = tiny().config
     values = 2 * 2 * 32
     assert kv_bytes_per_token(cfg, "kv", kv_bits=16) == values * 2
