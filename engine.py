@@ -268,11 +268,17 @@ class QuantizedBuffer:
 
     def read(self, input_pos):
         """(..., L, C): the dequantized codes, with the positions from the oldest not quantized to the
-        newest written replaced by the ring's full-precision values. Slot s holds the position p in [n - W,
-        n) with p = s mod W (a p < 0, never written, goes to p + W >= n instead: masked)."""
+        newest written replaced by the ring's full-precision values (position j >= quantized(n) is in slot
+        j mod W). Eager, in place in the workspace; compiled, as one expression, which inductor fuses with
+        its reader (in place on a view of an input, it would copy the workspace: measured 3x slower)."""
         W, n = self.window, input_pos[-1:] + 1
-        out = dequantize(self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel, self.ring.dtype,
-                         self.work)[..., :self.max_len, :]
+        args = (self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel, self.ring.dtype)
+        if torch.compiler.is_compiling():
+            j = torch.arange(self.max_len, device=n.device)
+            fresh = (j >= self.quantized(n)).view(-1, 1)
+            return torch.where(fresh, self.ring.index_select(-2, j % W), dequantize(*args)[..., :self.max_len, :])
+        out = dequantize(*args, self.work)[..., :self.max_len, :]
+        # slot s holds the position p in [n - W, n) with p = s mod W (a p < 0, never written: p + W >= n, masked)
         pos = n - W + (torch.arange(W, device=n.device) - n) % W
         pos = torch.where(pos < 0, pos + W, pos)
         fresh = (pos >= self.quantized(n)).view(W, 1)
