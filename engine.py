@@ -222,6 +222,7 @@ class QuantizedBuffer:
     def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel):
         self.bits, self.group, self.residual, self.per_channel = bits, group, residual, per_channel
         self.work = None  # where read() dequantizes to: the KVCache's workspace, shared by every layer
+        self.plans = {}  # a step's positions (_plan), shared by the KVCache's buffers
         self.tok = group if per_channel else 1  # tokens per group
         self.max_len, padded = max_len, -(-max_len // self.tok) * self.tok
         self.window = min(residual + self.tok, max_len)
@@ -238,14 +239,35 @@ class QuantizedBuffer:
         """How many of the first n positions are quantized: whole groups older than the residual."""
         return (n - self.residual).clamp(min=0) // self.tok * self.tok
 
-    def _store(self, start, t):
-        """Quantize t (..., k*tok, C) into positions start, start + 1, ... (start a multiple of tok)."""
+    def _store(self, idx, t):
+        """Quantize t (..., k*tok, C) into positions idx (whole groups)."""
         codes, scale, zero = quantize(t, self.bits, self.group, self.per_channel)
-        idx = start + torch.arange(t.size(-2), device=t.device)
         self.codes.index_copy_(-2, idx, codes)
         at = idx[::self.tok] // self.tok if self.per_channel else idx
         self.scale.index_copy_(-3, at, scale)
         self.zero.index_copy_(-3, at, zero)
+
+    def _plan(self, input_pos):
+        """A step's positions: the token's ring slot, the group it pushes out of the window (clamped before
+        the first: masked until it is written again with its values) and that group's slots, and the
+        position each ring slot holds with whether it is still unquantized. The same for every buffer with
+        this window and grouping, so eager decoding computes it once per step (a dozen small integer ops per
+        buffer cost as much as the dequantization at batch 1); `_version` catches a position tensor
+        changed in place."""
+        key = (self.window, self.tok, self.residual)
+        hit = self.plans.get(key)
+        if hit is not None and hit[0] is input_pos and hit[1] == input_pos._version:
+            return hit[2]
+        W, dev, n = self.window, input_pos.device, input_pos[-1:] + 1
+        first = (input_pos - self.residual).clamp(min=0) // self.tok * self.tok
+        group = first + torch.arange(self.tok, device=dev)
+        # slot s holds the position p in [n - W, n) with p = s mod W (a p < 0, never written: p + W >= n, masked)
+        pos = n - W + (torch.arange(W, device=dev) - n) % W
+        pos = torch.where(pos < 0, pos + W, pos)
+        plan = (input_pos % W, group, group % W, pos, (pos >= self.quantized(n)).view(W, 1))
+        if not torch.compiler.is_compiling():
+            self.plans[key] = (input_pos, input_pos._version, plan)
+        return plan
 
     def write(self, input_pos, t):
         W = self.window
@@ -253,35 +275,29 @@ class QuantizedBuffer:
             n = t.size(-2)
             done = int(self.quantized(torch.tensor(n)))
             if done:
-                self._store(0, t[..., :done, :])
+                self._store(torch.arange(done, device=t.device), t[..., :done, :])
             keep = torch.arange(max(0, n - W), n, device=t.device)
             self.ring.index_copy_(-2, keep % W, t.index_select(-2, keep).to(self.ring.dtype))
             return
         if input_pos.numel() != 1:
             raise ValueError("a quantized cache takes a prefill and then one token per step")
-        self.ring.index_copy_(-2, input_pos % W, t.to(self.ring.dtype))
-        # the group of the token leaving the residual window (clamped before the first: masked until it is
-        # written again with its values); quantized again each step until it is complete
-        first = (input_pos - self.residual).clamp(min=0) // self.tok * self.tok
-        group = first + torch.arange(self.tok, device=t.device)
-        self._store(first, self.ring.index_select(-2, group % W))
+        slot, group, group_slots, _, _ = self._plan(input_pos)
+        self.ring.index_copy_(-2, slot, t.to(self.ring.dtype))
+        self._store(group, self.ring.index_select(-2, group_slots))  # again each step until it is complete
 
     def read(self, input_pos):
         """(..., L, C): the dequantized codes, with the positions from the oldest not quantized to the
         newest written replaced by the ring's full-precision values (position j >= quantized(n) is in slot
         j mod W). Eager, in place in the workspace; compiled, as one expression, which inductor fuses with
         its reader (in place on a view of an input, it would copy the workspace: measured 3x slower)."""
-        W, n = self.window, input_pos[-1:] + 1
         args = (self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel, self.ring.dtype)
         if torch.compiler.is_compiling():
-            j = torch.arange(self.max_len, device=n.device)
-            fresh = (j >= self.quantized(n)).view(-1, 1)
-            return torch.where(fresh, self.ring.index_select(-2, j % W), dequantize(*args)[..., :self.max_len, :])
+            j = torch.arange(self.max_len, device=input_pos.device)
+            fresh = (j >= self.quantized(input_pos[-1:] + 1)).view(-1, 1)
+            return torch.where(fresh, self.ring.index_select(-2, j % self.window),
+                               dequantize(*args)[..., :self.max_len, :])
         out = dequantize(*args, self.work)[..., :self.max_len, :]
-        # slot s holds the position p in [n - W, n) with p = s mod W (a p < 0, never written: p + W >= n, masked)
-        pos = n - W + (torch.arange(W, device=n.device) - n) % W
-        pos = torch.where(pos < 0, pos + W, pos)
-        fresh = (pos >= self.quantized(n)).view(W, 1)
+        _, _, _, pos, fresh = self._plan(input_pos)
         out.index_copy_(-2, pos, torch.where(fresh, self.ring, out.index_select(-2, pos)))
         return out
 
@@ -451,8 +467,9 @@ class KVCache:
         quantized = [s for layer in self.layers if layer for s in layer.buffers() if isinstance(s, QuantizedBuffer)]
         shapes = [(*s.codes.shape[:-1], s.codes.size(-1) * 8 // kv_bits) for s in quantized]
         self.workspace = _zeros(max((math.prod(sh) for sh in shapes), default=0), like=like)
+        plans = {}
         for s, sh in zip(quantized, shapes):
-            s.work = self.workspace[:math.prod(sh)].view(sh)
+            s.work, s.plans = self.workspace[:math.prod(sh)].view(sh), plans
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.buffers() + [self.workspace]:
                 torch._dynamo.mark_static_address(t)
