@@ -363,13 +363,14 @@ def print_pruning(curves):
 
 
 def print_quant(curves):
-    print(f"\n{'checkpoint':<36}{'form':<7}{'bits':>5}{'B/token':>9}{'val loss':>10}{'vs 16-bit':>11}"
+    W = max(len(c.config) for c in curves) + 2
+    print(f"\n{'checkpoint':<{W}}{'form':<7}{'bits':>5}{'B/token':>9}{'val loss':>10}{'vs 16-bit':>11}"
           + (f"{'recall acc':>12}{'x 16-bit':>9}" if curves[0].quant[0].val_acc is not None else ""))
     for c in curves:
         full = {q.form: q for q in c.quant if q.kv_bits == 16}
         for q in c.quant:
             f = full[q.form]
-            print(f"{c.config:<36}{q.form:<7}{q.kv_bits:>5}{q.kv_bytes_per_token:>9,.0f}{q.val_loss:>10.4f}"
+            print(f"{c.config:<{W}}{q.form:<7}{q.kv_bits:>5}{q.kv_bytes_per_token:>9,.0f}{q.val_loss:>10.4f}"
                   f"{q.val_loss - f.val_loss:>+11.4f}"
                   + (f"{q.val_acc:>12.3f}{q.val_acc / f.val_acc if f.val_acc else float('nan'):>9.3f}"
                      if q.val_acc is not None else ""))
