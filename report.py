@@ -207,7 +207,7 @@ def quant_points(S, names, measure):
             for n in names for (form, bits), q in sorted(S[n]["quant"].items())]
 
 
-def pareto_lines(S, names, measure, recall):
+def pareto_lines(S, names, measure, recall, records):
     """The Pareto of every route the records measured through a cache (form x placement x GQA/MQA/CLA x
     bits; pruning is in the best-cache tables): a table of every config with quantized-cache records in
     each form at 16, 8 and 4 bits, the frontier marked, and the headline: the smallest cache within +0.01
@@ -219,13 +219,20 @@ def pareto_lines(S, names, measure, recall):
     ref = statistics.mean(S["baseline"]["quant"]["kv", 16][measure])
     gpt2 = S["baseline"]["kv"]["kv"]
     seeds = sorted({len(p.values) for p in pts})
+    # keys are quantized a group of G tokens at a time: at a short context most of them are still whole
+    rec = next(r for r in records if r.quant)
+    bs, G = rec.model["block_size"], next(q.kv_group for q in rec.quant if q.kv_bits != 16)
+    keys = statistics.mean((t + 1) // G * G / (t + 1) for t in range(bs))
     what = "recall accuracy" if recall else "validation loss"
     lines = ["", f"The Pareto of every route: cache bytes per token against {what} for each config with quantized-"
              f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), in each cache form, "
              "at 16 bits (2 bytes a value) and through 8- and 4-bit caches (codes, plus float16 scale and zero per "
              "group of 32: bytes per token at long context), teacher-forced one token per step; mean +- std over "
              "seeds. `*`: on the Pareto front of these points. The baseline's 16-bit cache on these seeds: "
-             f"{ref:.4f}.", "",
+             f"{ref:.4f}. The input form's `x^` and the K/V form's values are quantized per token, each as soon as "
+             f"it is written; keys per channel in groups of {G} tokens, so at this {bs}-token context a query reads "
+             f"{keys:.0%} of its keys quantized on average (the K/V form's rows are kinder to it than a long "
+             "context would be).", "",
              f"| config | form | 16-bit B/tok | {what} | 8-bit B/tok | {what} | 4-bit B/tok | {what} |",
              "|---|---|---|---|---|---|---|---|"]
     cell = lambda p: f"{p.bytes:,.0f} | {'*' if id(p) in front else ''}{p.mean:.4f} +- {fmt(p.std)}"
@@ -338,7 +345,7 @@ def report(records, study):
                        f"{verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
         answers.append(answer + ".")
     answers += placement_answers(S, names, measure, recall)
-    more, headline = pareto_lines(S, names, measure, recall)
+    more, headline = pareto_lines(S, names, measure, recall, records)
     lines += more
     answers += headline
     if recall:
