@@ -264,7 +264,13 @@ class QuantizedBuffer:
         # slot s holds the position p in [n - W, n) with p = s mod W (a p < 0, never written: p + W >= n, masked)
         pos = n - W + (torch.arange(W, device=dev) - n) % W
         pos = torch.where(pos < 0, pos + W, pos)
-        plan = (input_pos % W, group, group % W, pos, (pos >= self.quantized(n)).view(W, 1))
+        # whether the group is complete this step: eager on a CPU, where reading the position is free, a
+        # key group is then quantized once instead of at each of its G steps; else every step (static work)
+        complete = True
+        if input_pos.device.type == "cpu" and not torch.compiler.is_compiling():
+            t = int(input_pos[-1]) - self.residual
+            complete = t >= 0 and (t + 1) % self.tok == 0
+        plan = (input_pos % W, group, group % W, pos, (pos >= self.quantized(n)).view(W, 1), complete)
         if not torch.compiler.is_compiling():
             self.plans[key] = (input_pos, input_pos._version, plan)
         return plan
@@ -281,9 +287,10 @@ class QuantizedBuffer:
             return
         if input_pos.numel() != 1:
             raise ValueError("a quantized cache takes a prefill and then one token per step")
-        slot, group, group_slots, _, _ = self._plan(input_pos)
+        slot, group, group_slots, _, _, complete = self._plan(input_pos)
         self.ring.index_copy_(-2, slot, t.to(self.ring.dtype))
-        self._store(group, self.ring.index_select(-2, group_slots))  # again each step until it is complete
+        if complete:
+            self._store(group, self.ring.index_select(-2, group_slots))
 
     def read(self, input_pos):
         """(..., L, C): the dequantized codes, with the positions from the oldest not quantized to the
@@ -297,7 +304,7 @@ class QuantizedBuffer:
             return torch.where(fresh, self.ring.index_select(-2, j % self.window),
                                dequantize(*args)[..., :self.max_len, :])
         out = dequantize(*args, self.work)[..., :self.max_len, :]
-        _, _, _, pos, fresh = self._plan(input_pos)
+        _, _, _, pos, fresh, _ = self._plan(input_pos)
         out.index_copy_(-2, pos, torch.where(fresh, self.ring, out.index_select(-2, pos)))
         return out
 
