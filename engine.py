@@ -165,7 +165,8 @@ def quantize(x, bits, group, per_channel):
     keep the group's reduced dimension (size 1), so that dequantize broadcasts them as they are."""
     g = _grouped(x, group, per_channel)
     dim = -2 if per_channel else -1
-    lo, hi = g.amin(dim, keepdim=True), g.amax(dim, keepdim=True)
+    big = torch.finfo(torch.float16).max  # beyond float16's range a group saturates instead of going infinite
+    lo, hi = g.amin(dim, keepdim=True).clamp(-big, big), g.amax(dim, keepdim=True).clamp(-big, big)
     scale, zero = ((hi - lo) / (2 ** bits - 1)).to(torch.float16), lo.to(torch.float16)
     s = scale.to(x.dtype)
     inv = torch.where(s > 0, 1 / s, 0)  # a constant group (scale 0, or below float16's range): codes 0

@@ -125,6 +125,8 @@ def test_quantize_round_trip_and_packing():
             assert (back - x).abs().max() <= step * 0.5 + 1e-2 * x.abs().max() * 2 ** -10 * 16
     c = torch.full((1, 4, 8), 2.5)
     assert torch.equal(fake_quant(c, 4, 4, True), c)
+    huge = torch.tensor([[1e6, -1e6, 3.0, 4.0]])  # beyond float16's range: saturates, never inf or nan
+    assert torch.isfinite(fake_quant(huge, 8, 4, False)).all()
 
 
 def test_cache_holds_exactly_the_analytic_quantized_bytes():
