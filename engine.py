@@ -224,8 +224,9 @@ class QuantizedBuffer:
     for key-like tensors (per_channel), G tokens of one channel (KIVI: keys have outlier channels). The
     newest tokens stay in full precision in a ring of W slots: the `residual` newest, and the group being
     filled (G tokens per channel, one per token), so a token is quantized when its group leaves the
-    residual window; a step quantizes the group that its token pushes out (static shapes: every step does
-    the same work). Reading dequantizes everything and puts the window's full-precision values back.
+    residual window; a step quantizes the group that its token pushes out (compiled, every step does the
+    same work on static shapes). Reading dequantizes everything and puts the window's full-precision
+    values back.
     The cache then takes a prefill and one token per step."""
 
     def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel):

@@ -562,10 +562,9 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- KV cache
     def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
-        """What one token costs in the cache in `form`, summed over layers (engine.kv_layer_values)."""
-        from engine import cache_form, kv_layer_values
-        values = kv_layer_values(self.config, cache_form(self.config, form), attn_skip_layers)
-        return sum(values) * torch.empty((), dtype=dtype).element_size()
+        """What one token costs in the cache in `form`, summed over layers (engine.kv_bytes_per_token)."""
+        from engine import cache_form, kv_bytes_per_token
+        return kv_bytes_per_token(self.config, cache_form(self.config, form), attn_skip_layers, dtype=dtype)
 
     # ---------------------------------------------------------------- pretrained GPT-2
     @classmethod
