@@ -11,7 +11,7 @@ import torch
 
 from analysis import analyze_attn_gates, attention_contribution, remove_closed_attention
 from checkpoint import load_checkpoint, model_from_checkpoint
-from engine import KVCache, cache_forms, kv_bytes_per_token
+from engine import KV_BITS, KVCache, cache_forms, kv_bytes_per_token
 from records import PruningPoint, QuantPoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -171,10 +171,7 @@ def cached_eval(model, batches, ctx=None, **cache_options):
     return loss / len(batches), right / max(total, 1)
 
 
-QUANT_BITS = (16, 8, 4)
-
-
-def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=QUANT_BITS):
+def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=KV_BITS):
     """A QuantPoint per cache form the config can use and bit width: the loss through that cache."""
     points = []
     for form in cache_forms(model.config):
