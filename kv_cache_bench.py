@@ -13,11 +13,14 @@ form, measured in the same run (added when --configs leaves it out).
    layers, in each order (greedy: the cheapest layer on training batches first; lowest route gate first;
    lowest measured attention contribution first),
    with the KV bytes per token at each step; on the recall set (data/recall) also recall accuracy.
+5. With --kv_bits=8,4: every row again through quantized caches (engine.QuantizedBuffer), against the
+   same config and form unquantized; with --ckpt, the loss decoding through each bit width's cache.
 
 $ python kv_cache_bench.py --configs=baseline,reciprocity,lens,gqa,mqa      # CPU size, both forms
 $ python kv_cache_bench.py --configs=baseline,lens --contexts=256,1024 --json=kv.json
 $ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
+$ python kv_cache_bench.py --configs=baseline --kv_bits=16,8,4 --contexts=1024 --mem_budget=0.5   # quantized caches
 $ python kv_cache_bench.py --configs= --peer=hf --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50257  # vs transformers
 """
 import dataclasses
