@@ -57,6 +57,7 @@ kv_group = 32  # quantization group (channels of a token; tokens of a key channe
 kv_residual = 0  # newest tokens kept unquantized
 throughput_context = 1024  # context of the throughput table (<= the largest context); 0 skips the table
 throughput_steps = 4  # decode steps timed per batch size
+throughput_modes = "auto"  # eager and/or compiled; auto: compiled on CUDA (launches bound eager), else --modes
 mem_budget = 0.0  # GiB the throughput table's caches may take; 0: 2 on a CPU, 80% of free memory on a GPU
 device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
@@ -101,9 +102,11 @@ is_cuda = device_type == "cuda"
 for f in form_list:
     if f not in ("kv", "input"):
         raise SystemExit(f"error: forms takes kv and/or input, got {f!r}")
-for m in mode_list:
+through_modes = (["compiled"] if is_cuda else mode_list) if throughput_modes == "auto" \
+    else [m for m in str(throughput_modes).split(",") if m]
+for m in mode_list + through_modes:
     if m not in ("eager", "compiled"):
-        raise SystemExit(f"error: modes takes eager and/or compiled, got {m!r}")
+        raise SystemExit(f"error: modes and throughput_modes take eager and/or compiled, got {m!r}")
 if throughput_context > block or min(ctx_lens) <= decode_tokens:
     raise SystemExit(f"error: need decode_tokens < every context and throughput_context <= {block}")
 
@@ -429,7 +432,6 @@ def main():
     models = build(names)
     records = measure(models) if models else []
     through = []
-    through_modes = ["compiled"] if is_cuda else mode_list  # on CUDA, launches would bound an eager step
     for name, model, form, bits in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
                                         dynamic_ncols=True):
         for mode in through_modes:
