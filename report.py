@@ -227,7 +227,7 @@ def pareto_lines(S, names, measure, recall, records):
     lines = ["", f"The Pareto of every route: cache bytes per token against {what} for each config with quantized-"
              f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), in each cache form, "
              "at 16 bits (2 bytes a value) and through 8- and 4-bit caches (codes, plus float16 scale and zero per "
-             "group of 32: bytes per token at long context), teacher-forced one token per step; mean +- std over "
+             f"group of {G}: bytes per token at long context), teacher-forced one token per step; mean +- std over "
              "seeds. `*`: on the Pareto front of these points. The baseline's 16-bit cache on these seeds: "
              f"{ref:.4f}. The input form's `x^` and the K/V form's values are quantized per token, each as soon as "
              f"it is written; keys per channel in groups of {G} tokens, so at this {bs}-token context a query reads "
