@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import torch
 
-from checkpoint import MECHANISM_KEYS, load_base_weights
-from engine import cache_form
-from model import GPT, GPTConfig, MECHANISM_SWITCHES, SHAPE_KEYS, unwrap
+from checkpoint import MECHANISM_KEYS, MECHANISM_SWITCHES, SHAPE_KEYS, load_base_weights
+from engine import cache_form, unwrap
+from model import GPT, GPTConfig
 
 
 def patch_gpt2_with_lens_attention(model, **options):

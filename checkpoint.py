@@ -112,6 +112,12 @@ def hf_gpt2_weights(name_or_dir):
     return args, ours
 
 
+# GPTConfig's fields that give GPT-2 its shape, and the switches that turn a mechanism on: the one
+# list of each that the scripts share (benchmarks choose their own shape; the summary prints the switches)
+SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
+MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
+                      "mlp_ctx_conductor", "mlp_disabled")
+
 # The parameters that exist only because a lens mechanism is on; everything else is GPT-2.
 MECHANISM_KEYS = (".attn.u", ".attn.lens_gates", ".route_raw", ".route_bias",
                   ".mlp.ctx_down.weight", ".mlp.ctx_up.weight", ".mlp.alpha_raw")

@@ -140,7 +140,8 @@ def model_settings(path, **context):
     their own). `context` supplies settings the file reads, such as max_iters, and the benchmark's
     shape (n_layer, n_head, n_embd). A config other than the baseline whose knobs build the baseline at
     that shape (GQA with n_kv_head = n_head) would be measured as a peer it is not: a one-line error."""
-    from model import SHAPE_KEYS, GPTConfig
+    from checkpoint import SHAPE_KEYS
+    from model import GPTConfig
     shape = set(SHAPE_KEYS) | {"dropout"}
     ns = {"max_iters": 5000, **context}
     with open(path) as f:

@@ -18,7 +18,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model import attends, feeds_group, repeat_kv, unwrap
+from model import attends, feeds_group, repeat_kv
+
+
+def unwrap(model):
+    """The GPT inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def kv_layer_tensors(cfg, form, attn_skip_layers=()):

@@ -1,30 +1,23 @@
 """
-GPT-2 from scratch with lens-gated attention, route gates and a low-rank MLP context path.
-Every mechanism is a GPTConfig switch; with all of them off this is exactly GPT-2.
+GPT-2 from scratch with lens-gated attention, route gates and a low-rank MLP context path; every
+mechanism is a GPTConfig switch, and with all of them off this is exactly GPT-2.
 
-Attention logits, per head (s = 1/sqrt(D)):
-    logits[i, j] = w_std * s q_i.k_j  +  w_rec * s q_j.k_i  +  w_disc * k_j.u     (then causal mask)
-    (w_std, w_rec, w_disc) = softmax(lens_gates) over the enabled terms.
-They fold into ONE scaled_dot_product_attention call, with every gate on the query side:
+Attention logits per head (s = 1/sqrt(D)), (w_std, w_rec, w_disc) = softmax(lens_gates) over the enabled terms:
+    logits[i, j] = w_std s q_i.k_j  +  w_rec s q_j.k_i  +  w_disc k_j.u     (then the causal mask)
+folded into ONE scaled_dot_product_attention call with every gate on the query side:
     Q~_i = [w_std q_i + (w_disc / s) u  |  w_rec k_i],   K~_j = [k_j | q_j]
-    s Q~_i . K~_j = w_std s q_i.k_j + w_disc k_j.u + w_rec s q_j.k_i
-Width D with discoverability alone (an offset query), 2D with reciprocity; no T x T matrix is built,
-the mask (applied after mixing) keeps it causal, and the cache keeps the raw, ungated [k | q].
-Everything a past token contributes is linear in its ln_1 output x^_j, so the cache may keep x^_j
-instead (E values per layer) and decode with the projections absorbed into the query (engine.py).
-
+(width D with discoverability alone, 2D with reciprocity; no T x T matrix is built). A cache keeps the raw
+[k | q], or ln_1's output x^_j, in which everything a past token contributes is linear (engine.py).
 Block, with the route gate g = sigmoid(route_raw + route_bias):
     a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
 MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), folded through c_proj.
-Peers that shrink the cache by retraining: grouped- and multi-query attention (n_kv_head), and
-cross-layer attention (kv_share: a group of adjacent layers computes K and V once, in its first layer).
-Attention the model can give up: placement (attn_layers: only those layers have attention at all), and
-a hard-concrete gate per layer on the attention output, held to a budget (attn_budget), whose closed
-layers are removed exactly once the gates are fixed (remove_closed_attention).
+Peers that shrink the cache by retraining: grouped- and multi-query attention (n_kv_head) and cross-layer
+attention (kv_share). Attention the model can give up: placement (attn_layers) and a hard-concrete gate per
+layer held to a budget (attn_budget), whose closed layers are then removed exactly.
 """
 
-import inspect
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -76,9 +69,8 @@ class GPTConfig:
     # learned placement: one hard-concrete gate per attention layer, the expected number of open gates
     # held to round(attn_budget * attention layers) by a learned Lagrange multiplier (None = off)
     attn_budget: Optional[float] = None
-    # False: a separate lm_head, and the embeddings start at unit scale (nn.Embedding's default, as
-    # modded-nanogpt's). GPT-2's 0.02 is the output layer's scale; as input embeddings at 0.02 a
-    # fresh model stays on the recall probe's plateau (README, In-context recall)
+    # False: a separate lm_head, and embeddings at unit scale (nn.Embedding's default, as modded-nanogpt's): at
+    # GPT-2's 0.02 (an output layer's scale) a fresh model stays on the recall probe's plateau (README)
     tie_embeddings: bool = True
 
     def __post_init__(self):
@@ -106,10 +98,8 @@ class GPTConfig:
              f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}"),
             (self.kv_share >= 1, "kv_share must be >= 1"),
             (len(self.lens_gate_init) == 3, "lens_gate_init needs three raw values (std, rec, disc)"),
-            (not (self.mlp_disabled and self.use_route_gate),
-             "use_route_gate needs an MLP to route to (mlp_disabled=True)"),
-            (not (self.mlp_disabled and self.mlp_use_ctx_summary),
-             "mlp_use_ctx_summary needs an MLP (mlp_disabled=True)"),
+            (not (self.mlp_disabled and self.use_route_gate), "use_route_gate needs an MLP to route to (mlp_disabled=True)"),
+            (not (self.mlp_disabled and self.mlp_use_ctx_summary), "mlp_use_ctx_summary needs an MLP (mlp_disabled=True)"),
             (not self.mlp_ctx_conductor or (self.mlp_use_ctx_summary and self.use_route_gate),
              "mlp_ctx_conductor needs mlp_use_ctx_summary=True and use_route_gate=True"),
             (self.mlp_ctx_rank >= 1, "mlp_ctx_rank must be >= 1"),
@@ -181,11 +171,9 @@ class CausalSelfAttention(nn.Module):
         return w_std, (w_rec if self.use_rec else None), offset
 
     def query_side(self, q, k, gates=None):
-        """The two halves of Q~ = [w_std q + (w_disc / s) u | w_rec k] (the second None without
-        reciprocity), so that s Q~_i . [k_j | q_j] = w_std S[i, j] + w_disc d_j + w_rec S[j, i].
-        Every learned gate and the column bias act on the query; the key side is the raw [k | q].
-        (w_disc k_j.u = s k_j.(w_disc u / s): the column bias is a per-head offset of the query.)
-        `gates`: query_gates() computed once, as a KV cache does for all its decode steps."""
+        """The two halves of Q~ = [w_std q + (w_disc / s) u | w_rec k] (the second None without reciprocity):
+        s Q~_i . [k_j | q_j] = w_std S[i, j] + w_disc d_j + w_rec S[j, i], as w_disc k_j.u = s k_j.(w_disc u / s).
+        `gates`: query_gates(), which a KV cache computes once for all its decode steps."""
         if not self.lens:
             return q, None
         w_std, w_rec, offset = self.query_gates() if gates is None else gates
@@ -201,22 +189,18 @@ class CausalSelfAttention(nn.Module):
         qs, kr = self.query_side(q, k)
         qt, kt = (qs, k) if kr is None else (torch.cat([qs, kr], -1), torch.cat([k, q], -1))
         D, W = v.size(-1), qt.size(-1)
-        # V zero-padded to the width of Q~ and K~ (zeros change no output column). Measured (2-core CPU,
-        # torch 2.13, float32, fwd+bwd at width 128): the CPU flash kernel needs equal widths, and a
-        # narrower V falls back to the math kernel, 1.7x slower than padding; CUDA's flash kernel needs
-        # equal widths too. Decoding (engine.py) reads V at width D and never pads
+        # V zero-padded to the width of Q~ and K~ (zeros change no output column): the flash kernels (CPU and
+        # CUDA) need equal widths; on a 2-core CPU the math kernel a narrower V falls to is 1.7x slower (fwd+bwd)
         if W > D:
             v = F.pad(v, (0, W - D))
         y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
     def forward(self, x, cache=None, input_pos=None, kv=None, skip=False):
-        """(output, (k, v)) for x, ln_1's output (B, T, E). While decoding, `cache` is this layer's
-        cache (engine.py): the chunk's values are written at input_pos, and the chunk attends to the
-        cache under a position mask; input_pos None (training, or a prefill: nothing cached before the
-        chunk) attends to the chunk itself. `kv`: the group's K and V, for a layer that does not own them
-        (CLA). skip: the layer's attention is pruned, but later layers of its group use its K and V:
-        compute (and cache) them only."""
+        """(output, (k, v)) for x, ln_1's output (B, T, E). `cache`: this layer's (engine.py), written at
+        input_pos, which the chunk then attends to (input_pos None: training or a prefill, the chunk attends
+        to itself). `kv`: the K and V of a CLA layer's group. skip: the attention is pruned, but later layers
+        of the group use its K and V: compute (and cache) them only."""
         B, T, C = x.size()
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
         if cache is not None and input_pos is not None and cache.query_only:
@@ -238,14 +222,12 @@ class CausalSelfAttention(nn.Module):
         if cache is not None and input_pos is not None:
             y = cache.attend(self, q, k, input_pos)
         elif self.lens and torch.is_grad_enabled():  # keep the widened operands out of backward
-            y = checkpoint(self.attend, q, k, v, self.dropout_p(), use_reentrant=False, context_fn=sdpa_saves_only)
+            y = checkpoint(self.attend, q, k, v, self.dropout * self.training, use_reentrant=False,
+                           context_fn=sdpa_saves_only)
         else:
-            y = self.attend(q, k, v, self.dropout_p())
+            y = self.attend(q, k, v, self.dropout * self.training)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
-
-    def dropout_p(self):
-        return self.dropout if self.training else 0.0
 
 
 def repeat_kv(t, n_head):
@@ -260,35 +242,28 @@ INFERENCE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 
 def sdpa(*args, **kw):
     """scaled_dot_product_attention, without cuDNN at inference on CUDA."""
-    if torch.is_grad_enabled() or not args[0].is_cuda:
-        return F.scaled_dot_product_attention(*args, **kw)
-    with sdpa_kernel(INFERENCE_BACKENDS):
+    with sdpa_kernel(INFERENCE_BACKENDS) if args[0].is_cuda and not torch.is_grad_enabled() else nullcontext():
         return F.scaled_dot_product_attention(*args, **kw)
 
 
-# Lens attention widens Q~, K~ and V; autograd would keep all three for backward, more memory than
-# all of GPT-2's attention. Selective activation checkpointing keeps only what the SDPA kernel
-# returns (its output and log-sum-exp) and rebuilds the operands from q, k, v in backward (a few
-# concatenations). It works the same in eager mode and under torch.compile.
+# Lens attention widens Q~, K~ and V, which autograd would keep for backward (more memory than all of GPT-2's
+# attention). Selective activation checkpointing keeps only what the SDPA kernel returns (output, log-sum-exp)
+# and rebuilds the operands from q, k, v in backward, eager and compiled alike.
 SDPA_OPS = {getattr(torch.ops.aten, name).default for name in (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
     if hasattr(torch.ops.aten, name)}
 
 
-def _save_sdpa_outputs(ctx, op, *args, **kwargs):
-    return CheckpointPolicy.MUST_SAVE if op in SDPA_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
 def sdpa_saves_only():
-    return create_selective_checkpoint_contexts(_save_sdpa_outputs)
+    return create_selective_checkpoint_contexts(
+        lambda ctx, op, *args, **kw: CheckpointPolicy.MUST_SAVE if op in SDPA_OPS else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 def mlp_hidden(config, has_attn=True):
-    """The MLP's hidden width. With attn_free_mlp_iso an attention-free layer turns the parameters its
-    attention would have had (c_attn, c_proj and ln_1, weights and biases) into extra hidden units of
-    2 E + 1 parameters each (c_fc's row and bias, c_proj's column), so the model keeps the parameter
-    count of the same model with attention everywhere."""
+    """The MLP's hidden width. With attn_free_mlp_iso an attention-free layer turns the parameters its attention
+    would have had (c_attn, c_proj, ln_1) into hidden units of 2 E + 1 parameters each (c_fc's row and bias,
+    c_proj's column): the model keeps the parameter count of the same model with attention everywhere."""
     hidden = round(config.mlp_expansion_ratio * config.n_embd)
     if config.attn_free_mlp_iso and not has_attn:
         E, b = config.n_embd, int(config.bias)
@@ -375,9 +350,9 @@ class Block(nn.Module):
         return torch.sigmoid(self.route_raw + self.route_bias)
 
     def attn_gate(self, shape=()):
-        """z in [0, 1], the attention branch's multiplier: in training a hard-concrete sample per token
-        (`shape`, (B, T, 1)), which averages the gate's gradient over the batch as dropout's mask does;
-        in evaluation its deterministic value; or the fixed 0 or 1. Tensor ops only: no host sync."""
+        """z in [0, 1], the attention branch's multiplier: in training a hard-concrete sample per token (`shape`,
+        (B, T, 1): the gradient averages over the batch, as dropout's); in evaluation its deterministic value; or
+        the fixed 0 or 1. Tensor ops only: no host sync."""
         log_alpha = self.attn_log_alpha
         if self.training:
             u = torch.rand(shape, device=log_alpha.device).clamp(1e-6, 1 - 1e-6)
@@ -413,12 +388,6 @@ class Block(nn.Module):
         return torch.lerp(x, h, g) + m, kv
 
 
-def unwrap(model):
-    """The GPT inside a DDP and/or torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def attends(cfg, i, attn_skip_layers=()):
     """Whether layer i attends: it has attention (attn_layers) and it is not pruned."""
     return i not in attn_skip_layers and (cfg.attn_layers is None or i in cfg.attn_layers)
@@ -431,17 +400,9 @@ def feeds_group(cfg, i, attn_skip_layers=()):
     return i % cfg.kv_share == 0 and any(attends(cfg, j, attn_skip_layers) for j in group)
 
 
-# GPTConfig's fields that give GPT-2 its shape, and the switches that turn a mechanism on: the one
-# list of each that the scripts share (benchmarks choose their own shape; the summary prints the switches)
-SHAPE_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
-MECHANISM_SWITCHES = ("use_reciprocity", "use_discoverability", "use_route_gate", "mlp_use_ctx_summary",
-                      "mlp_ctx_conductor", "mlp_disabled")
-
-
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None and config.block_size is not None
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -454,17 +415,21 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         if config.attn_budget is not None:
-            # Lagrange multipliers (lambda_1, lambda_2) of the budget: trained by gradient ascent (their own
-            # optimizer group), so they grow until the expected number of open gates meets the budget
+            # the budget's Lagrange multipliers (lambda_1, lambda_2), which gradient ascent grows until the expected
+            # number of open gates meets it; and the number asked for now, every attention layer down to k over a
+            # warmup (apply_budget_schedule, CoFi's), so that the gates part by what the loss says of each layer
             self.budget_lambda = nn.Parameter(torch.zeros(2))
-            # the number of open gates asked for now: from every attention layer down to the budget's k
-            # over a warmup (apply_budget_schedule), as CoFi's Lagrangian warmup, so that the gates part
-            # by what the loss says of each layer rather than all falling together
             self.register_buffer("budget_target", torch.tensor(float(config.attn_budget_layers)))
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if pn.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # The blocks' weights lie in memory as (in, out), GPT-2's Conv1D layout, behind nn.Linear's (out, in) shape:
+        # a one-row product (decoding) streams them row by row (124M's decode went from 1.10x to 0.99x transformers'
+        # time, README). Shapes and checkpoints are unchanged; autograd and AdamW keep the layout
+        for m in self.transformer.h.modules():
+            if isinstance(m, nn.Linear):
+                m.weight = nn.Parameter(m.weight.detach().t().contiguous().t())
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -480,11 +445,9 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx, targets=None, cache=None, attn_skip_layers=(), input_pos=None):
-        """Logits and loss. `cache` (engine.KVCache) decodes incrementally: by default the chunk takes
-        the cache's next positions (cache.advance); with `input_pos` (a tensor of positions, as a compiled
-        decode step passes) the caller has claimed them. With `attn_skip_layers` those blocks run with
-        attention removed. Without targets only the last position's logits are computed, as in nanoGPT.
-        Targets equal to -1 are ignored by the loss."""
+        """Logits and loss (targets of -1 ignored; without targets, only the last position's logits, as in
+        nanoGPT). `cache` (engine.KVCache) decodes incrementally: the chunk takes the cache's next positions,
+        or `input_pos` (as a compiled decode step passes). `attn_skip_layers` run with attention removed."""
         b, t = idx.size()
         if cache is not None:  # the cache was built for its own pruned layers
             if attn_skip_layers and set(attn_skip_layers) != cache.attn_skip_layers:
@@ -528,11 +491,9 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------- optimizer, MFU
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, gate_lr_scale=50.0):
-        """AdamW; weight decay on the weight matrices of Linear and Embedding layers only. Lens
-        gates and u are 2-D too, but they are gates, not weights: they are never decayed. With
-        attn_budget, the gates' log alpha and the multipliers have groups of their own at gate_lr_scale
-        times the learning rate (each group's "lr_scale"; a gate must travel several units of log alpha
-        in one run), the multipliers with maximize=True: gradient ascent."""
+        """AdamW, decaying only the Linear and Embedding weights (lens gates and u are 2-D, but never decayed).
+        With attn_budget, the gates' log alpha and the multipliers (gradient ascent: maximize) get groups at
+        gate_lr_scale times the learning rate ("lr_scale"): a gate must travel several units in one run."""
         decay_ids = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
         gate_ids = {id(b.attn_log_alpha) for b in self.transformer.h if b.use_gate}
         lam = getattr(self, "budget_lambda", None)
@@ -544,13 +505,11 @@ class GPT(nn.Module):
         if lam is not None:
             groups += [{"params": [p for p in params if id(p) in gate_ids], "weight_decay": 0.0, "lr_scale": gate_lr_scale},
                        {"params": [lam], "weight_decay": 0.0, "lr_scale": gate_lr_scale, "maximize": True}]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if device_type == "cuda" else {}))
 
     def flops_per_token(self):
-        """Training FLOPs per token: 6N for the weights plus the attention matmuls. QK^T runs at the
-        width of Q~ and K~: D, or 2D with reciprocity (discoverability is an offset of the query and
-        adds no width); PV at D (V's zero padding, where a kernel needs it, is not model arithmetic)."""
+        """Training FLOPs per token: 6N for the weights plus the attention matmuls, QK^T at the width of Q~
+        and K~ (D, or 2D with reciprocity; discoverability adds none) and PV at D (padding is not arithmetic)."""
         cfg, D = self.config, self.config.n_embd // self.config.n_head
         qk = D * (1 + cfg.use_reciprocity)
         return 6 * self.get_num_params() + 6 * len(cfg.attention_layers) * cfg.block_size * cfg.n_head * (qk + D)
@@ -560,19 +519,16 @@ class GPT(nn.Module):
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 
-    # ---------------------------------------------------------------- KV cache
     def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
         """What one token costs in the cache in `form`, summed over layers (engine.kv_bytes_per_token)."""
         from engine import cache_form, kv_bytes_per_token
         return kv_bytes_per_token(self.config, cache_form(self.config, form), attn_skip_layers, dtype=dtype)
 
-    # ---------------------------------------------------------------- pretrained GPT-2
     @classmethod
     def from_pretrained(cls, name_or_dir, **overrides):
         """OpenAI GPT-2 weights in the Hugging Face layout, from a local directory (config.json and
-        model.safetensors or pytorch_model.bin) or by name through `transformers`; `overrides` add
-        lens mechanisms (or dropout, or attn_layers) on top. The new mechanisms start from their usual
-        init; attention outside attn_layers is dropped. Reading and converting: checkpoint.py."""
+        model.safetensors or pytorch_model.bin) or by name through `transformers`. `overrides` add lens
+        mechanisms (from their usual init), dropout or attn_layers (other layers' attention is dropped)."""
         from checkpoint import hf_gpt2_weights, load_base_weights
         args, sd = hf_gpt2_weights(name_or_dir)
         for k, v in overrides.items():
@@ -582,31 +538,24 @@ class GPT(nn.Module):
         load_base_weights(model, sd)
         return model
 
-    # ---------------------------------------------------------------- generation (engine.py)
     def generate(self, idx, max_new_tokens, **options):
         """idx (b, t) followed by max_new_tokens sampled tokens: engine.generate."""
         from engine import generate
         return generate(self, idx, max_new_tokens, **options)
 
-    def generate_stream(self, idx, max_new_tokens, **options):
-        """max_new_tokens sampled tokens (b, 1), one at a time: engine.generate_stream."""
-        from engine import generate_stream
-        return generate_stream(self, idx, max_new_tokens, **options)
-
 
 # The helpers users know by name from model: they live where their job is (analysis.py, engine.py) and
 # load on first use, so that `from model import analyze_lens_gates` works as it always has
-ELSEWHERE = {**dict.fromkeys(("apply_route_annealing", "apply_budget_schedule", "route_bias_at", "get_mean_route_gate",
-                              "analyze_route_gates", "analyze_lens_gates", "analyze_attn_gates", "fix_attn_gates",
-                              "remove_closed_attention", "attention_contribution", "mechanism_param_counts",
-                              "print_architecture_summary", "patch_gpt2_with_lens_attention"), "analysis"),
-             **dict.fromkeys(("KVCache", "cache_form", "cache_forms", "kv_layer_values", "generate", "generate_stream",
-                              "decode_step", "compiled_decode_step", "sample_next"), "engine"),
+ELSEWHERE = {**dict.fromkeys(("apply_route_annealing apply_budget_schedule route_bias_at get_mean_route_gate "
+                              "analyze_route_gates analyze_lens_gates analyze_attn_gates fix_attn_gates "
+                              "remove_closed_attention attention_contribution mechanism_param_counts "
+                              "print_architecture_summary patch_gpt2_with_lens_attention").split(), "analysis"),
+             **dict.fromkeys(("KVCache cache_form cache_forms kv_layer_values generate generate_stream decode_step "
+                              "compiled_decode_step sample_next unwrap").split(), "engine"),
              "load_base_weights": "checkpoint"}
 
 
 def __getattr__(name):
-    if name in ELSEWHERE:
-        import importlib
-        return getattr(importlib.import_module(ELSEWHERE[name]), name)
-    raise AttributeError(f"module 'model' has no attribute {name!r}")
+    if name not in ELSEWHERE:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(__import__(ELSEWHERE[name]), name)

@@ -18,7 +18,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, die, require, setup_device
 from evaluate import dataset_meta
 from analysis import analyze_attn_gates, remove_closed_attention
-from engine import cache_form, check_quant
+from engine import cache_form, check_quant, generate_stream
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -125,9 +125,9 @@ for k in range(num_samples):
     sys.stdout.write(dec(ids))
     t0, n = time.perf_counter(), 0
     with ctx:
-        for tok in model.generate_stream(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                                         kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile,
-                                         kv_bits=kv_bits, kv_group=kv_group, kv_residual=kv_residual):
+        for tok in generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile,
+                                   kv_bits=kv_bits, kv_group=kv_group, kv_residual=kv_residual):
             sys.stdout.write(dec(tok[0].tolist()))
             sys.stdout.flush()
             n += 1

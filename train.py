@@ -20,13 +20,13 @@ from dataclasses import fields
 
 import torch
 
-from checkpoint import load_checkpoint, model_args_of, model_from_checkpoint, nonfinite, save_checkpoint
+from checkpoint import SHAPE_KEYS, load_checkpoint, model_args_of, model_from_checkpoint, nonfinite, save_checkpoint
 from records import check_writable
 from configurator import configure, die, require, setup_device
 from evaluate import dataset_dir, dataset_meta, hits, load_split, window_starts, windows
 from analysis import (analyze_attn_gates, analyze_lens_gates, analyze_route_gates, apply_budget_schedule,
                       apply_route_annealing, fix_attn_gates)
-from model import SHAPE_KEYS, GPT, GPTConfig
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases

@@ -1,7 +1,8 @@
 """
 The one-call GPU check: on a machine with CUDA, in about ten minutes, the CUDA test cases, the 124M
 training-step ratios (compiled), decode ms/token in every cache form and mode against Hugging Face
-transformers (124M batch 1 and 6x384 batch 16), and throughput within a memory budget. Writes one
+transformers (124M batch 1 and 6x384 batch 16), and throughput within a memory budget, unquantized and
+through 8- and 4-bit caches. Writes one
 JSON (gpu_check.json) and a README-ready markdown table (gpu_check.md) to --out.
 
 $ python scripts/gpu_check.py                    # out-gpu-check/
@@ -43,6 +44,12 @@ def steps(tiny, device):
                                                                        "--decode_tokens=4", "--rounds=1", "--mem_budget=0.001"]
                                                                       if tiny else ["--contexts=256,1024", "--rounds=3"])],
          "kv"),
+        # quantized caches where memory binds: the batch a smaller cache buys, decoded compiled
+        ("quantized caches: decode and throughput at a memory budget", [
+            sys.executable, "kv_cache_bench.py", "--configs=baseline", "--kv_bits=16,8,4", *small, *dev, "--modes=eager",
+            "--throughput_modes=compiled", *(["--contexts=32", "--throughput_context=32", "--decode_tokens=4", "--rounds=1",
+                                              "--mem_budget=0.001", "--kv_group=16"] if tiny
+                                             else ["--contexts=1024", "--rounds=3", "--mem_budget=4"])], "quant"),
     ]
 
 
@@ -71,6 +78,13 @@ def table(results):
         out += ["", "Throughput at the memory budget (largest batch whose cache fits):", "",
                 "| config | form | max batch | tokens/s |", "|---|---|---|---|"]
         out += [f"| {c} | {f} | {t['batch_size']} | {t['tokens_per_s']:.0f} |" for (c, f), t in top.items()]
+    if "quant" in results and results["quant"]["throughput"]:
+        rows = [t for t in results["quant"]["throughput"] if t["largest"]]
+        base = {t["form"]: t["tokens_per_s"] for t in rows if t["kv_bits"] == 16}
+        out += ["", f"Quantized caches at the memory budget (context {rows[0]['context']}, {rows[0]['mode']}):", "",
+                "| form | bits | max batch | tokens/s | x 16-bit |", "|---|---|---|---|---|"]
+        out += [f"| {t['form']} | {t['kv_bits']} | {t['batch_size']} | {t['tokens_per_s']:.0f} | "
+                f"{t['tokens_per_s'] / base[t['form']]:.2f} |" for t in rows]
     return "\n".join(out) + "\n"
 
 

@@ -36,6 +36,43 @@ def run(*args, check=True, env=None, timeout=1800):
     return p
 
 
+# Runs many command lines of repo scripts in ONE Python process, each as `python script args` would run
+# it (runpy, as __main__, with its own sys.argv, stdout and stderr): importing torch costs ~1.5 s per
+# process, more than most error checks themselves. An uncaught exception prints its traceback, as the
+# interpreter would; SystemExit("error: ...") prints its line and exits 1
+MANY = r"""
+import contextlib, io, json, runpy, sys, traceback
+results = []
+for argv in json.load(sys.stdin):
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = argv
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append((code, out.getvalue(), err.getvalue()))
+sys.stdout.write("\n@@results@@" + json.dumps(results))
+"""
+
+
+def run_many(*commands, env=None):
+    """[(returncode, stdout, stderr)] of each command (a list of a script and its arguments), all run in
+    one process (MANY); a hang or a crash of that process fails the test."""
+    import json
+    p = subprocess.run([sys.executable, "-c", MANY], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                       input=json.dumps([list(map(str, c)) for c in commands]), env={**os.environ, **(env or {})})
+    if p.returncode != 0:
+        raise AssertionError(f"the commands' process exited {p.returncode}\n{p.stderr[-3000:]}")
+    results = json.loads(p.stdout.rsplit("@@results@@", 1)[1])  # after anything written past sys.stdout
+    return [subprocess.CompletedProcess(c, code, out, err) for c, (code, out, err) in zip(commands, results)]
+
+
 @pytest.fixture(scope="session")
 def char_data():
     """data/shakespeare_char, prepared from the local copy of tiny Shakespeare into the test data folder."""

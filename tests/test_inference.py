@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, run
+from conftest import TINY, run, run_many
 from model import GPT, KVCache, cache_forms
 from test_model import CONFIGS, tiny
 
@@ -215,32 +215,34 @@ def test_sample_streams_and_reports_speed(trained):
 
 
 def test_sample_errors_and_prompts(trained, tmp_path):
-    p = run("sample.py", f"--out_dir={trained}", "--start=caf\u00e9", check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.strip() == "error: the prompt has characters this model's vocabulary lacks: '\u00e9'"
-    p = run("sample.py", f"--out_dir={trained}", "--compile=True", "--kv_cache=False", check=False)
-    assert p.returncode == 1 and p.stderr.strip().startswith("error: compile=True compiles the cached decode step")
-    for args, line in ((["--kv_bits=3"], "kv_bits=3 must be one of 16, 8, 4"),
-                       (["--kv_bits=4", "--kv_cache=kv"], "kv_group=32 must divide head_dim=8 (the kv form quantizes "
-                                                          "values per token in groups of channels)"),
-                       (["--kv_bits=8", "--kv_residual=-2"], "kv_residual=-2 must be a whole number of tokens >= 0"),
-                       (["--kv_bits=8", "--kv_cache=False"], "kv_bits=8 quantizes the KV cache: it needs kv_cache "
-                                                             "(False recomputes)")):
-        p = run("sample.py", f"--out_dir={trained}", *args, check=False)
-        assert p.returncode == 1 and p.stderr.strip() == f"error: {line}", args
-    p = run("sample.py", f"--out_dir={trained}", "--kv_bits=4", "--kv_residual=3", "--num_samples=1",
-            "--max_new_tokens=40", "--start=ROMEO:")  # the input form at 4 bits, past block_size
-    assert p.stdout.startswith("ROMEO:") and "40 tokens" in p.stdout and "4-bit, group 32, residual 3" in p.stdout
-    p = run("sample.py", f"--out_dir={trained}", "--kv_cache=latent", check=False)
-    assert p.returncode == 1 and p.stderr.strip() == "error: kv_cache must be True, False, auto, kv or input, got 'latent'"
-    p = run("sample.py", f"--out_dir={tmp_path}", check=False)
-    assert p.returncode == 1 and p.stderr.strip() == f"error: no checkpoint at {tmp_path}/ckpt.pt"
     long_prompt = tmp_path / "prompt.txt"
     long_prompt.write_text("To be or not to be " * 10)
-    p = run("sample.py", f"--out_dir={trained}", f"--start=FILE:{long_prompt}", "--num_samples=1", "--max_new_tokens=5")
-    assert "warning: the prompt has 190 tokens; keeping the last 32 (block_size)" in p.stderr
-    p = run("sample.py", f"--out_dir={trained}", "--start=", "--num_samples=1", "--max_new_tokens=5")
-    assert p.stdout.startswith("\n")
+    errors = [  # (sample.py's arguments, its one error line)
+        (["--start=caf\u00e9"], "the prompt has characters this model's vocabulary lacks: '\u00e9'"),
+        (["--compile=True", "--kv_cache=False"], "compile=True compiles the cached decode step"),
+        (["--kv_bits=3"], "kv_bits=3 must be one of 16, 8, 4"),
+        (["--kv_bits=4", "--kv_cache=kv"], "kv_group=32 must divide head_dim=8 (the kv form quantizes values per "
+                                           "token in groups of channels)"),
+        (["--kv_bits=8", "--kv_residual=-2"], "kv_residual=-2 must be a whole number of tokens >= 0"),
+        (["--kv_bits=8", "--kv_cache=False"], "kv_bits=8 quantizes the KV cache: it needs kv_cache (False recomputes)"),
+        (["--kv_cache=latent"], "kv_cache must be True, False, auto, kv or input, got 'latent'"),
+        ([f"--out_dir={tmp_path}"], f"no checkpoint at {tmp_path}/ckpt.pt"),
+    ]
+    runs = [["--kv_bits=4", "--kv_residual=3", "--num_samples=1", "--max_new_tokens=40", "--start=ROMEO:"],
+            [f"--start=FILE:{long_prompt}", "--num_samples=1", "--max_new_tokens=5"],
+            ["--start=", "--num_samples=1", "--max_new_tokens=5"]]
+    done = run_many(*[["sample.py", f"--out_dir={trained}", *args] for args, _ in errors],
+                    *[["sample.py", f"--out_dir={trained}", *args] for args in runs])
+    for (args, line), p in zip(errors, done):
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
+        assert p.stderr.strip().startswith(f"error: {line}") and "\n" not in p.stderr.strip(), (args, p.stderr)
+    quantized, long, empty = done[len(errors):]
+    assert all(p.returncode == 0 for p in (quantized, long, empty)), [p.stderr for p in (quantized, long, empty)]
+    # the input form at 4 bits, past block_size
+    assert quantized.stdout.startswith("ROMEO:") and "40 tokens" in quantized.stdout
+    assert "4-bit, group 32, residual 3" in quantized.stdout
+    assert "warning: the prompt has 190 tokens; keeping the last 32 (block_size)" in long.stderr
+    assert empty.stdout.startswith("\n")
 
 
 # ---------------------------------------------------------------------- kv_cache_bench.py

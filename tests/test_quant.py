@@ -184,7 +184,7 @@ def test_quantization_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,form", [("full", "input"), ("cla_lens", "kv")])
+@pytest.mark.parametrize("name,form", [("full", "input"), ("cla_lens", "kv"), ("lens", "kv")])
 def test_compiled_quantized_decoding_equals_eager_without_recompiling(name, form):
     """A quantized cache's step has static shapes: one graph for every position, the eager logits."""
     from engine import compiled_decode_step, decode_step

@@ -3,45 +3,43 @@ exits 0; bare boolean flags and --key value work; a flag that needs a value says
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, run_many
 
 SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py", "report.py"]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_lists_every_setting(script):
-    p = run(script, "--help")
-    assert p.returncode == 0 and "Traceback" not in p.stderr
-    settings = re.findall(r"^  --(\w+)=", p.stdout, flags=re.M)
-    with open(script) as f:  # every top-level plain setting of the script, in order
-        source = f.read()
-    block = source.split("# " + "-" * 77)[1]
-    declared = re.findall(r"^(\w+) = ", block, flags=re.M)
-    assert declared and set(declared) <= set(settings), set(declared) - set(settings)
-    assert p.stdout.startswith(source.split('"""')[1].strip().splitlines()[0])  # the docstring first
+def test_help_lists_every_setting():
+    for script, p in zip(SCRIPTS, run_many(*[[s, "--help"] for s in SCRIPTS])):
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (script, p.stderr)
+        settings = re.findall(r"^  --(\w+)=", p.stdout, flags=re.M)
+        with open(os.path.join(ROOT, script)) as f:  # every top-level plain setting of the script, in order
+            source = f.read()
+        block = source.split("# " + "-" * 77)[1]
+        declared = re.findall(r"^(\w+) = ", block, flags=re.M)
+        assert declared and set(declared) <= set(settings), (script, set(declared) - set(settings))
+        assert p.stdout.startswith(source.split('"""')[1].strip().splitlines()[0]), script  # the docstring first
 
 
-@pytest.mark.parametrize("script", ["data/shakespeare_char/prepare.py", "data/shakespeare/prepare.py",
-                                    "data/recall/prepare.py", "data/fineweb_edu/prepare.py"])
-def test_prepare_help(script):
-    p = run(script, "--help")
-    # each lists its options: the text prepare scripts take a local copy (--input), the recall set its shape
-    assert p.returncode == 0 and ("--num_pairs" if "recall" in script else "--input") in p.stdout and "--out_dir" in p.stdout
+def test_prepare_help():
+    scripts = ["data/shakespeare_char/prepare.py", "data/shakespeare/prepare.py", "data/recall/prepare.py",
+               "data/fineweb_edu/prepare.py"]
+    for script, p in zip(scripts, run_many(*[[s, "--help"] for s in scripts])):
+        # each lists its options: the text prepare scripts take a local copy (--input), the recall set its shape
+        assert p.returncode == 0 and ("--num_pairs" if "recall" in script else "--input") in p.stdout, script
+        assert "--out_dir" in p.stdout, script
 
 
 def test_bare_flags_and_key_value():
-    p = run("ablate.py", "--dry_run", "--configs", "baseline,lens", "--seeds", "2")
+    p, q, r, s = run_many(["ablate.py", "--dry_run", "--configs", "baseline,lens", "--seeds", "2"],
+                          ["ablate.py", "--dry_run=True", "--configs=baseline,lens", "--seeds=2"],
+                          ["ablate.py", "--dry_run", "False", "--seeds"], ["ablate.py", "--seeds", "two"])
     assert p.stdout.count("[run ") == 4 and p.stdout.count("lens seed") == 2, p.stdout  # 2 configs x 2 seeds
-    q = run("ablate.py", "--dry_run=True", "--configs=baseline,lens", "--seeds=2")
     assert p.stdout == q.stdout
-    p = run("ablate.py", "--dry_run", "False", "--seeds", check=False)
-    assert p.returncode == 1 and p.stderr.strip() == "error: --seeds needs a value (--seeds=VALUE)"
-    p = run("ablate.py", "--seeds", "two", check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr and "wants a int" in p.stderr
+    assert r.returncode == 1 and r.stderr.strip() == "error: --seeds needs a value (--seeds=VALUE)"
+    assert s.returncode == 1 and "Traceback" not in s.stderr and "wants a int" in s.stderr
 
 
 BAD = [  # (script and arguments, the one line it must print)
@@ -81,16 +79,16 @@ BAD = [  # (script and arguments, the one line it must print)
 ]
 
 
-@pytest.mark.parametrize("args,line", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])
-def test_bad_values_are_one_line_errors(args, line, char_data, tmp_path):
+def test_bad_values_are_one_line_errors(char_data, tmp_path):
     import torch
-    if torch.cuda.is_available() and "cuda" in " ".join(args):
-        pytest.skip("this machine has CUDA")
-    if args[0] == "train.py":  # a run that gets as far as its out_dir takes a lock there: keep it out of the repo
-        args = [args[0], f"--out_dir={tmp_path}", *args[1:]]
-    p = run(*args, check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.strip().startswith(line), p.stderr
+    cases = [(args, line) for args, line in BAD if not (torch.cuda.is_available() and "cuda" in " ".join(args))]
+    # a train.py run that gets as far as its out_dir takes a lock there (held while the process lives):
+    # each its own, out of the repo
+    commands = [[a[0], f"--out_dir={tmp_path / str(i)}", *a[1:]] if a[0] == "train.py" else a
+                for i, (a, _) in enumerate(cases)]
+    wrong = [(args, p.returncode, p.stderr) for (args, line), p in zip(cases, run_many(*commands))
+             if not (p.returncode == 1 and "Traceback" not in p.stderr and p.stderr.strip().startswith(line))]
+    assert not wrong, wrong
 
 
 def test_float16_on_a_cpu_warns():
@@ -122,7 +120,8 @@ def test_readme_commands_parse():
     appended: config files and settings are read, then the help is printed; nothing runs)."""
     cmds = readme_commands("Quickstart", "Sampling")
     assert len(cmds) >= 6, cmds
-    for cmd in cmds:
-        p = subprocess.run(["bash", "-c", f"{cmd.replace('python ', sys.executable + ' ', 1)} --help"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+    # each command's arguments as bash expands them (the README's `$(...)` included), then run with --help
+    argv = [subprocess.run(["bash", "-c", f"set -- {c.split(' ', 1)[1]}; printf '%s\\0' \"$@\""], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")[:-1] for c in cmds]
+    for cmd, p in zip(cmds, run_many(*[a + ["--help"] for a in argv])):
         assert p.returncode == 0 and "Traceback" not in p.stderr, (cmd, p.stderr[-2000:])

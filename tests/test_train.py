@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import DATA, ROOT, TINY, run
+from conftest import DATA, ROOT, TINY, run, run_many
 
 ABLATIONS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "config", "ablation_*.py")))
 
@@ -85,7 +85,7 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 20, p.stdout
 
 
-@pytest.mark.parametrize("args,message", [
+CONFIG_ERRORS = [  # (train.py's arguments, what its one error line says)
     (["--n_layers=2"], "unknown config key 'n_layers' (did you mean 'n_layer'?)"),
     (["--max_iters=ten"], "config key 'max_iters' wants a int, got 'ten'"),
     (["--use_reciprocity=1"], "config key 'use_reciprocity' wants a bool"),
@@ -97,22 +97,26 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
     (["--attn_layers=(0,0)"], "bad model settings: attn_layers=(0, 0) must name distinct layers in [0, 6)"),
     (["--attn_budget=1.5"], "bad model settings: attn_budget must be in (0, 1], got 1.5"),
     (["--mlp_activation=relu"], "bad model settings: mlp_activation must be 'tanh' or 'exact', got 'relu'"),
-])
-def test_configuration_errors_are_one_line(args, message, char_data, tmp_path):
-    p = run("train.py", f"--out_dir={tmp_path}", *args, "--device=cpu", check=False)
-    last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 1 and last.startswith("error: ") and message in last and "Traceback" not in p.stderr
+]
 
 
-def test_bad_config_file_is_one_line(tmp_path, char_data):
-    bad = tmp_path / "bad.py"
+def test_configuration_errors_are_one_line(char_data, tmp_path):
+    bad = tmp_path / "bad.py"  # a config file that fails, and one with a typo
     bad.write_text("n_layer = 1 / 0\n")
-    p = run("train.py", str(bad), check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.strip() == f"error: config file {bad} failed: ZeroDivisionError: division by zero"
-    bad.write_text("learning_rte = 1e-3\n")
-    p = run("train.py", str(bad), check=False)
-    assert p.stderr.strip() == "error: unknown config key 'learning_rte' (did you mean 'learning_rate'?)"
+    typo = tmp_path / "typo.py"
+    typo.write_text("learning_rte = 1e-3\n")
+    cases = [(["--out_dir=" + str(tmp_path / str(i)), *args, "--device=cpu"], message)
+             for i, (args, message) in enumerate(CONFIG_ERRORS)]
+    cases += [([str(bad)], f"config file {bad} failed: ZeroDivisionError: division by zero"),
+              ([str(typo)], "unknown config key 'learning_rte' (did you mean 'learning_rate'?)")]
+    # an out_dir that cannot be written is checked before anything else: the missing dataset is never reached
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases += [(["--dataset=nope", f"--out_dir={blocker / 'out'}"], f"out_dir={blocker / 'out'} cannot be written (")]
+    for (args, message), p in zip(cases, run_many(*[["train.py", *args] for args, _ in cases])):
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
+        last = p.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, (args, p.stderr)
 
 
 def test_checkpoint_errors(char_data, tmp_path):
@@ -264,15 +268,6 @@ def test_one_run_per_out_dir(char_data, tmp_path):
         first.wait(timeout=60)
     p = run("train.py", *TINY, "--max_iters=2", "--eval_interval=2", f"--out_dir={tmp_path}")
     assert "step 2:" in p.stdout
-
-
-def test_unwritable_out_dir_is_checked_first(tmp_path):
-    """Before any data or model: a dataset that does not exist is never reached."""
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    p = run("train.py", "--dataset=nope", f"--out_dir={blocker / 'out'}", check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert p.stderr.strip().startswith(f"error: out_dir={blocker / 'out'} cannot be written (")
 
 
 @pytest.mark.slow
