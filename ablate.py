@@ -80,11 +80,13 @@ def plan():
 
 def to_replace(name, seed):
     """The record that --reevaluate makes again for this run, or None. A record this evaluation made (it has
-    quantized-cache points) is not: the same command resumes a study instead of retraining it."""
+    quantized-cache points, and those of its greedy half-pruned model where it has two attention layers or
+    more) is not: the same command resumes a study instead of retraining it."""
     if name not in str(reevaluate).split(",") or not os.path.isfile(record_path(name, seed)):
         return None
     old = load_run(record_path(name, seed))
-    return None if old.quant else old
+    halves = len(old.attn_layers or range(old.model["n_layer"])) >= 2
+    return None if old.quant and (any(q.layers for q in old.quant) or not halves) else old
 
 
 def train(name, seed, resume):
@@ -107,6 +109,7 @@ def evaluate(name, seed, out_dir, command, wall):
     cfg, tc = model.config, ck["config"]
     points, contrib, recall = checkpoint_curve(model, tc["dataset"], eval_batches, eval_batch_size, "cpu")
     L = len(cfg.attention_layers)
+    half_pruned = {p.ranking: p for p in points if len(p.layers) == L // 2}
     lens = analyze_lens_gates(model)
     tokens_per_iter = tc["batch_size"] * tc["block_size"] * tc["gradient_accumulation_steps"]
     return RunRecord(
@@ -118,7 +121,7 @@ def evaluate(name, seed, out_dir, command, wall):
         lens_gates={k: v for k, v in lens.items() if k.startswith("mean_")},
         route_gates=analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
         attention_contribution=contrib,
-        half_pruned={p.ranking: p for p in points if len(p.layers) == L // 2},
+        half_pruned=half_pruned,
         all_pruned=next(p for p in points if len(p.layers) == L),  # no attention: on recall, chance
         pruning=points,  # the whole curve, each order
         eval_val_loss=points[0].val_loss, eval_val_acc=points[0].val_acc,  # on the same batches as the pruned
@@ -126,14 +129,16 @@ def evaluate(name, seed, out_dir, command, wall):
         history=ck.get("history", []),  # every evaluation during training: when a run learned what it learned
         attn_layers=list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
         attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())},
-        quant=quant_points(model, tc["dataset"]))
+        quant=quant_points(model, tc["dataset"], half_pruned["greedy"].layers if L >= 2 else None))
 
 
-def quant_points(model, dataset):
-    """The quantized-cache evaluation (evaluate.checkpoint_quant); a group that does not divide the model's
-    axes is a one-line error that keeps the checkpoint (the same command with --kv_group evaluates it)."""
+def quant_points(model, dataset, pruned):
+    """The quantized-cache evaluation (evaluate.checkpoint_quant) of the whole model and without the `pruned`
+    layers' attention (the greedy half); a group that does not divide the model's axes is a one-line error
+    that keeps the checkpoint (the same command with --kv_group evaluates it)."""
     try:
-        return checkpoint_quant(model, dataset, eval_batches, eval_batch_size, "cpu", kv_group=kv_group)
+        return checkpoint_quant(model, dataset, eval_batches, eval_batch_size, "cpu", pruned=pruned,
+                                kv_group=kv_group)
     except ValueError as e:
         raise SystemExit(f"error: {e}: give ablate.py a --kv_group that does")
 

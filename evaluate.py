@@ -171,16 +171,17 @@ def cached_eval(model, batches, ctx=None, **cache_options):
     return loss / len(batches), right / max(total, 1)
 
 
-def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=KV_BITS):
-    """A QuantPoint per cache form the config can use and bit width: the loss through that cache."""
-    points = []
+def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=KV_BITS, attn_skip_layers=()):
+    """A QuantPoint per cache form the config can use and bit width: the loss through that cache, with the
+    attention of attn_skip_layers removed."""
+    points, skip = [], list(attn_skip_layers)
     for form in cache_forms(model.config):
         for b in bits:
             loss, acc = cached_eval(model, batches, ctx, form=form, kv_bits=b, kv_group=kv_group,
-                                    kv_residual=kv_residual)
+                                    kv_residual=kv_residual, attn_skip_layers=skip)
             points.append(QuantPoint(form=form, kv_bits=b, kv_group=kv_group, kv_residual=kv_residual, val_loss=loss,
-                                     val_acc=acc, kv_bytes_per_token=kv_bytes_per_token(model.config, form, (), b,
-                                                                                        kv_group)))
+                                     val_acc=acc, kv_bytes_per_token=kv_bytes_per_token(model.config, form, skip, b,
+                                                                                        kv_group), layers=skip))
     return points
 
 
@@ -213,10 +214,12 @@ def checkpoint_curve(model, dataset, n_batches, batch_size, device, ctx=None, se
     return points, contrib, recall
 
 
-def checkpoint_quant(model, dataset, n_batches, batch_size, device, ctx=None, seed=1337, **options):
-    """quantized_eval's QuantPoints on the batches checkpoint_curve reports (accuracy: the recall set only)."""
-    points = quantized_eval(model, val_batches(dataset, model.config.block_size, n_batches, batch_size, device, seed),
-                            ctx, **options)
+def checkpoint_quant(model, dataset, n_batches, batch_size, device, ctx=None, seed=1337, pruned=None, **options):
+    """quantized_eval's QuantPoints on the batches checkpoint_curve reports (accuracy: the recall set only), of
+    the whole model and, where `pruned` names layers (the greedy half), of the model without their attention."""
+    batches = val_batches(dataset, model.config.block_size, n_batches, batch_size, device, seed)
+    points = [p for skip in ([()] + ([pruned] if pruned else []))
+              for p in quantized_eval(model, batches, ctx, attn_skip_layers=skip, **options)]
     if not dataset_meta(dataset).get("mask"):
         for p in points:
             p.val_acc = None

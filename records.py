@@ -82,9 +82,10 @@ class PruningPoint:
 
 @dataclass
 class QuantPoint:
-    """The whole model's validation loss (and recall accuracy) decoding through a cache in `form` at
-    `kv_bits`, teacher-forced one token per step (evaluate.quantized_eval), and what one token costs in
-    that cache at long context (engine.kv_bytes_per_token: codes, scale and zero; 16 bits at 2 bytes)."""
+    """The model's validation loss (and recall accuracy) decoding through a cache in `form` at `kv_bits`,
+    teacher-forced one token per step (evaluate.quantized_eval), and what one token costs in that cache
+    at long context (engine.kv_bytes_per_token: codes, scale and zero; 16 bits at 2 bytes); `layers`: the
+    attention layers removed (the greedy half), none for the whole model."""
     form: str
     kv_bits: int
     kv_group: int
@@ -92,6 +93,7 @@ class QuantPoint:
     val_loss: float
     val_acc: Optional[float]
     kv_bytes_per_token: float
+    layers: list = field(default_factory=list)
 
 
 @dataclass

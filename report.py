@@ -119,14 +119,15 @@ def summarize(records):
         s["ranking"] = next(r for r in ("greedy", "contribution")
                             if all(any(p.ranking == r for p in rec.pruning) for rec in rs))
         s["curve"] = curves[s["ranking"]]
-        # quantized caches: the whole model through each form at each bit width, over the seeds whose records
-        # have them (made by this evaluation), on the same batches as the curve
+        # quantized caches: the whole model (and the greedy half-pruned one) through each form at each bit
+        # width, over the seeds whose records have them (made by this evaluation), on the curve's batches
         s["quant"] = {}
         for r in rs:
             for q in r.quant:
-                s["quant"].setdefault((q.form, q.kv_bits), {"bytes": q.kv_bytes_per_token, "loss": [], "acc": []})
-                s["quant"][q.form, q.kv_bits]["loss"].append(q.val_loss)
-                s["quant"][q.form, q.kv_bits]["acc"].append(q.val_acc)
+                point = s["quant"].setdefault((q.form, q.kv_bits, len(q.layers)),
+                                              {"bytes": q.kv_bytes_per_token, "loss": [], "acc": []})
+                point["loss"].append(q.val_loss)
+                point["acc"].append(q.val_acc)
         if recall:
             s["accs"] = [r.eval_val_acc for r in rs]
             s["acc"], s["acc_std"] = mean_std(s["accs"])
@@ -202,21 +203,21 @@ def cache_points(S, names, measure):
 def quant_points(S, names, measure):
     """Every config's whole model decoded through its cache at 16, 8 and 4 bits, as CachePoints (bytes per
     token at long context: 16 bits at 2 bytes a value; fewer: codes, scale and zero)."""
-    return [CachePoint(q["bytes"], *mean_std(q[measure]), f"{n} in the {'K/V' if form == 'kv' else 'input'} form "
-                       f"at {bits} bits", n, q[measure], form, 0, bits)
-            for n in names for (form, bits), q in sorted(S[n]["quant"].items())]
+    return [CachePoint(q["bytes"], *mean_std(q[measure]), f"{n}{' without the greedy half of its attention' * bool(k)} "
+                       f"in the {'K/V' if form == 'kv' else 'input'} form at {bits} bits", n, q[measure], form, k, bits)
+            for n in names for (form, bits, k), q in sorted(S[n]["quant"].items())]
 
 
 def pareto_lines(S, names, measure, recall, records):
-    """The Pareto of every route the records measured through a cache (form x placement x GQA/MQA/CLA x
-    bits; pruning is in the best-cache tables): a table of every config with quantized-cache records in
-    each form at 16, 8 and 4 bits, the frontier marked, and the headline: the smallest cache within +0.01
-    nats (or 0.01 accuracy) of the baseline's 16-bit cache, on the same seeds."""
+    """The Pareto of every route the records measured through a cache (form x placement or pruning x
+    GQA/MQA/CLA x bits): a table of every config with quantized-cache records, whole and with the greedy half
+    of its attention pruned, in each form at 16, 8 and 4 bits, the frontier marked, and the headline: the
+    smallest cache within +0.01 nats (or 0.01 accuracy) of the baseline's 16-bit cache, on the same seeds."""
     pts = quant_points(S, names, measure)
-    if not any(p.bits != 16 for p in pts) or ("kv", 16) not in S["baseline"]["quant"]:
+    if not any(p.bits != 16 for p in pts) or ("kv", 16, 0) not in S["baseline"]["quant"]:
         return [], []
     front = {id(p) for p in pareto(pts, recall)}
-    ref = statistics.mean(S["baseline"]["quant"]["kv", 16][measure])
+    ref = statistics.mean(S["baseline"]["quant"]["kv", 16, 0][measure])
     gpt2 = S["baseline"]["kv"]["kv"]
     seeds = sorted({len(p.values) for p in pts})
     # keys are quantized a group of G tokens at a time: at a short context most of them are still whole
@@ -225,7 +226,8 @@ def pareto_lines(S, names, measure, recall, records):
     keys = statistics.mean((t + 1) // G * G / (t + 1) for t in range(bs))
     what = "recall accuracy" if recall else "validation loss"
     lines = ["", f"The Pareto of every route: cache bytes per token against {what} for each config with quantized-"
-             f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), in each cache form, "
+             f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), whole and, where the "
+             "records have it, with the greedy half of its attention layers removed (`n layers pruned`), in each cache form, "
              "at 16 bits (2 bytes a value) and through 8- and 4-bit caches (codes, plus float16 scale and zero per "
              f"group of {G}: bytes per token at long context), teacher-forced one token per step; mean +- std over "
              "seeds. `*`: on the Pareto front of these points. The baseline's 16-bit cache on these seeds: "
@@ -237,11 +239,11 @@ def pareto_lines(S, names, measure, recall, records):
              "|---|---|---|---|---|---|---|---|"]
     cell = lambda p: f"{p.bytes:,.0f} | {'*' if id(p) in front else ''}{p.mean:.4f} +- {fmt(p.std)}"
     for n in (n for n in names if S[n]["quant"]):
-        for form in S[n]["kv"]:
-            row = [p for p in pts if p.config == n and p.form == form]
-            by_bits = {p.bits: p for p in row}
-            lines.append(f"| {n} | {'K/V' if form == 'kv' else 'input'} | "
-                         + " | ".join(cell(by_bits[b]) if b in by_bits else "- | -" for b in (16, 8, 4)) + " |")
+        for k in sorted({p.pruned for p in pts if p.config == n}):
+            for form in S[n]["kv"]:
+                by_bits = {p.bits: p for p in pts if p.config == n and p.form == form and p.pruned == k}
+                lines.append(f"| {n}{f', {k} layers pruned' if k else ''} | {'K/V' if form == 'kv' else 'input'} | "
+                             + " | ".join(cell(by_bits[b]) if b in by_bits else "- | -" for b in (16, 8, 4)) + " |")
     close = [p for p in pts if (ref - p.mean if recall else p.mean - ref) <= 0.01]
     best = min(close, key=lambda p: (p.bytes, p.mean if not recall else -p.mean))
     answer = (f"- The smallest cache within {'0.01 accuracy' if recall else '+0.01 nats'} of the baseline: {best.label}"

@@ -155,15 +155,20 @@ def test_ablation_report_has_recall_accuracy(recall_data, tmp_path):
         assert 0 <= r["eval_val_acc"] <= 1 and r["chance_accuracy"] == 1 / 16
         assert r["all_pruned"]["layers"] == [0, 1] and set(r["all_pruned"]["kv_bytes_per_token"].values()) == {0}
         assert r["half_pruned"]["contribution"]["val_acc"] is not None
-        # the whole model through its cache at 16, 8 and 4 bits: at 16 bits, the loss and accuracy of a
-        # forward pass on the same batches
-        q = {(p["form"], p["kv_bits"]): p for p in r["quant"]}
-        forms = ("kv", "input")
-        assert set(q) == {(f, b) for f in forms for b in (16, 8, 4)}
-        assert all(abs(q[f, 16]["val_loss"] - r["eval_val_loss"]) < 1e-4 for f in forms)
-        assert all(q[f, 16]["val_acc"] == r["eval_val_acc"] for f in forms)
+        # the whole model, and without the greedy half of its attention, through its cache at 16, 8 and 4 bits:
+        # at 16 bits, the loss and accuracy of a forward pass on the same batches (the pruning curve's)
+        half = r["half_pruned"]["greedy"]
+        q = {(p["form"], p["kv_bits"], tuple(p["layers"])): p for p in r["quant"]}
+        forms, cut = ("kv", "input"), tuple(half["layers"])
+        assert len(cut) == 1 and set(q) == {(f, b, k) for f in forms for b in (16, 8, 4) for k in ((), cut)}
+        assert all(abs(q[f, 16, ()]["val_loss"] - r["eval_val_loss"]) < 1e-4 for f in forms)
+        assert all(q[f, 16, ()]["val_acc"] == r["eval_val_acc"] for f in forms)
+        assert all(abs(q[f, 16, cut]["val_loss"] - half["val_loss"]) < 1e-4 for f in forms)
+        assert all(q[f, b, cut]["kv_bytes_per_token"] == q[f, b, ()]["kv_bytes_per_token"] / 2
+                   for f in forms for b in (16, 8, 4))
     report = (tmp_path / "report.md").read_text()
     assert "The Pareto of every route" in report and "The smallest cache within 0.01 accuracy" in report
+    assert "| baseline, 1 layers pruned | K/V |" in report
     assert "recall acc" in report and "chance 0.0625" in report
     for r in records:
         row = next(line for line in report.splitlines() if line.startswith(f"| {r['config']} |"))
