@@ -68,6 +68,7 @@ json_path = ""  # --json_path=PATH (or --json=PATH) writes the records
 plot = ""  # PNG of validation loss against KV bytes per token (needs --ckpt and matplotlib)
 seed = 1337
 profile = False  # also print, per config and form, the operators that take the most time in one eager decode step
+# (batch_size, the largest context) and in one throughput step at the largest batch (each throughput mode)
 peer = ""  # 'hf': also time Hugging Face transformers' cached greedy generate against ours on the same GPT-2 weights
 peer_prompt = 64  # the peer comparison: prompt tokens, then peer_new_tokens greedy tokens, the whole call timed
 peer_new_tokens = 64
@@ -210,6 +211,11 @@ def throughput(name, model, form, bits, budget, mode):
                 t.normal_() if t.is_floating_point() else t.random_(0, 256)
             idx = torch.randint(vocab_size, (b, throughput_context), device=device)
             ms = decode_ms(model, cache, idx, throughput_context - throughput_steps - 1, step)
+            if profile and b == largest:  # where the time goes where memory binds
+                pos = torch.tensor([throughput_context - 1], device=device)
+                print_top_operators(lambda: step(model, idx[:, -1:], cache, pos), device_type,
+                                    f"{name} ({form} form, {bits}-bit, {mode}): top operators by self time, one "
+                                    f"decode step at batch {b}, context {throughput_context}", rows=6)
         out.append(ThroughputRow(config=name, form=form, context=throughput_context, batch_size=b, mode=mode,
                                  cache_bytes=cache.nbytes() + cache.workspace_nbytes(), tokens_per_s=1000 * b / ms,
                                  largest=b == largest,
