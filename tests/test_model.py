@@ -429,3 +429,23 @@ def test_old_lensgpt_checkpoints_keep_the_tanh_gelu():
     assert GPTConfig(**TINY, mlp_activation="exact").mlp_activation == "exact"
     with pytest.raises(ValueError, match="mlp_activation must be 'tanh' or 'exact'"):
         GPTConfig(**TINY, mlp_activation="relu")
+
+
+def test_block_weights_stay_in_out_in_memory():
+    """The blocks' weights lie in memory as (in, out) behind nn.Linear's (out, in) shape (the layout a one-row
+    product reads straight): after init, a training step (grads and AdamW's state in the same layout), a
+    state dict round trip and a move, with the same values as a row-major copy."""
+    model = tiny(**CONFIGS["full"])
+    linears = lambda m: [l for l in m.transformer.h.modules() if isinstance(l, torch.nn.Linear)]
+    in_out = lambda w: w.stride() == (1, w.size(0))
+    assert linears(model) and all(in_out(l.weight) for l in linears(model))
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    x = torch.randint(0, 61, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()
+    for l in linears(model):
+        assert in_out(l.weight.grad) and in_out(opt.state[l.weight]["exp_avg"])
+    copy = tiny(**CONFIGS["full"])
+    copy.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})  # as a row-major checkpoint
+    assert all(in_out(l.weight) for l in linears(copy.to(torch.float64)))
+    assert all(torch.equal(a.weight, b.weight.float()) for a, b in zip(linears(model), linears(copy)))
