@@ -201,8 +201,9 @@ def cache_points(S, names, measure):
 
 
 def quant_points(S, names, measure):
-    """Every config's whole model decoded through its cache at 16, 8 and 4 bits, as CachePoints (bytes per
-    token at long context: 16 bits at 2 bytes a value; fewer: codes, scale and zero)."""
+    """Every config's whole model, and its greedy half-pruned one where the records have it, decoded through
+    its cache at 16, 8 and 4 bits, as CachePoints (bytes per token at long context: 16 bits at 2 bytes a
+    value; fewer: codes, scale and zero; `pruned`: the layers whose attention is removed)."""
     return [CachePoint(q["bytes"], *mean_std(q[measure]), f"{n}{' without the greedy half of its attention' * bool(k)} "
                        f"in the {'K/V' if form == 'kv' else 'input'} form at {bits} bits", n, q[measure], form, k, bits)
             for n in names for (form, bits, k), q in sorted(S[n]["quant"].items())]
