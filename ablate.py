@@ -10,12 +10,13 @@ $ python ablate.py --seeds=3                        # every config/ablation_*.py
 $ python ablate.py --seeds=5 --configs=baseline,reciprocity,lens   # two more seeds for some: the same study
 $ python ablate.py --dry_run=True
 $ python ablate.py --overlay=config/recall.py --seeds=5            # the recall probe -> results/recall
-$ python report.py                                  # the reports (and the README's tables) from results/
+$ python report.py                                  # the reports (and docs/results.md's tables) from results/
 """
 import dataclasses
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import torch
 
 from analysis import analyze_lens_gates, analyze_route_gates
 from configurator import ablation_names, configure, require
-from evaluate import checkpoint_curve, checkpoint_quant, dataset_meta, trained_model
+from evaluate import checkpoint_curve, checkpoint_positions, checkpoint_quant, dataset_meta, trained_model
 from records import RunRecord, Study, check_writable, load_run, same_run, write_record
 from report import write_study
 
@@ -81,12 +82,13 @@ def plan():
 def to_replace(name, seed):
     """The record that --reevaluate makes again for this run, or None. A record this evaluation made (it has
     quantized-cache points, and those of its greedy half-pruned model where it has two attention layers or
-    more) is not: the same command resumes a study instead of retraining it."""
+    more, and the loss by position) is not: the same command resumes a study instead of retraining it."""
     if name not in str(reevaluate).split(",") or not os.path.isfile(record_path(name, seed)):
         return None
     old = load_run(record_path(name, seed))
     halves = len(old.attn_layers or range(old.model["n_layer"])) >= 2
-    return None if old.quant and (any(q.layers for q in old.quant) or not halves) else old
+    current = old.quant and (any(q.layers for q in old.quant) or not halves) and old.loss_by_position is not None
+    return None if current else old
 
 
 def train(name, seed, resume):
@@ -96,7 +98,19 @@ def train(name, seed, resume):
         + [f"--seed={1337 + seed}", f"--out_dir={run_dir(name, seed)}", "--always_save_checkpoint=True",
            f"--wandb_run_name=ablate-{name}-seed{seed}"]
     t0 = time.time()
-    if subprocess.run([sys.executable] + cmd + (["--init_from=resume"] if resume else [])).returncode != 0:
+    child = subprocess.Popen([sys.executable] + cmd + (["--init_from=resume"] if resume else []))
+    # Ctrl-C reaches train.py too (one process group): it answers, saves and stops (a second one stops it at
+    # once); this process waits for it rather than dying first, then says how the study goes on
+    handler = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    if code in (-signal.SIGINT, 128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGUSR1):  # train.py's stops
+        print(f"ablate: interrupted in {name} seed {seed}; the same command goes on from its checkpoint",
+              file=sys.stderr)
+        raise SystemExit(code if code > 0 else 128 + signal.SIGINT)
+    if code != 0:
         raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")  # train.py printed why
     return shlex.join(["python"] + cmd), time.time() - t0
 
@@ -111,6 +125,7 @@ def evaluate(name, seed, out_dir, command, wall):
     L = len(cfg.attention_layers)
     half_pruned = {p.ranking: p for p in points if len(p.layers) == L // 2}
     lens = analyze_lens_gates(model)
+    by_position, by_distance = checkpoint_positions(model, tc["dataset"], eval_batches, eval_batch_size, "cpu")
     tokens_per_iter = tc["batch_size"] * tc["block_size"] * tc["gradient_accumulation_steps"]
     return RunRecord(
         config=name, seed=seed, command=command, model=dataclasses.asdict(cfg),
@@ -129,7 +144,8 @@ def evaluate(name, seed, out_dir, command, wall):
         history=ck.get("history", []),  # every evaluation during training: when a run learned what it learned
         attn_layers=list(cfg.attention_layers),  # where attention is (placed, or learned under a budget)
         attn_gates=gates and {"p_open": list(gates["p_open"].values()), "z": list(gates["z"].values())},
-        quant=quant_points(model, tc["dataset"], half_pruned["greedy"].layers if L >= 2 else None))
+        quant=quant_points(model, tc["dataset"], half_pruned["greedy"].layers if L >= 2 else None),
+        loss_by_position=by_position, recall_by_distance=by_distance)
 
 
 def quant_points(model, dataset, pruned):
@@ -170,8 +186,9 @@ def main():
         old = to_replace(name, seed)
         done = os.path.isfile(record_path(name, seed)) and old is None
         resume = not done and os.path.isfile(os.path.join(run_dir(name, seed), "ckpt.pt"))
-        state = "done, skipped" if done else "resuming" if resume else "to train"
-        print(f"[run {i}/{len(runs)}] {name} seed {seed}: {state} ({run_dir(name, seed)})", flush=True)
+        state = (f"done, skipped (its record {record_path(name, seed)} exists)" if done else
+                 f"resuming ({run_dir(name, seed)})" if resume else f"to train ({run_dir(name, seed)})")
+        print(f"[run {i}/{len(runs)}] {name} seed {seed}: {state}", flush=True)
         if dry_run or done:
             continue
         command, wall = train(name, seed, resume)

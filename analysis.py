@@ -205,9 +205,16 @@ def print_architecture_summary(model):
         print(f"  {name:<18} {count:>12,d} params  {100 * count / n_base:7.3f}% of GPT-2")
     print(f"  {'total':<18} {n:>12,d} params  {100 * (n - n_base) / n_base:+7.3f}% vs GPT-2 "
           f"({n_base:,d}, incl. embeddings)")
+    wins = cfg.layer_windows
+    if any(wins):
+        local = [i for i, w in enumerate(wins) if w]
+        glob = [i for i in cfg.attention_layers if not wins[i]]
+        print(f"  sliding windows: layers {', '.join(f'{i} (W={wins[i]})' for i in local)} attend to their last W tokens "
+              f"(a cache ring of W positions); global: {', '.join(map(str, glob)) or 'none'}")
     kv, kv_base = model.kv_cache_bytes_per_token(torch.float16), base.kv_cache_bytes_per_token(torch.float16)
-    print(f"  KV cache: {kv:,d} bytes/token in fp16 ({kv / kv_base:.2f}x GPT-2's {kv_base:,d}), "
-          f"{kv * cfg.block_size:,d} bytes for a full {cfg.block_size}-token context")
+    num = lambda b: f"{b:,.0f}" if b == int(b) else f"{b:,.1f}"  # a windowed layer's share is fractional
+    print(f"  KV cache: {num(kv)} B/token at {cfg.block_size} tokens, 16 bits (2 bytes a value) ({kv / kv_base:.2f}x "
+          f"GPT-2's {kv_base:,d}), {num(kv * cfg.block_size)} B for the full {cfg.block_size}-token context")
     inp = model.kv_cache_bytes_per_token(torch.float16, form="input")
-    print(f"  input-form cache (ln_1 inputs, exact): {inp:,d} bytes/token ({inp / kv_base:.2f}x); "
-          f"kv_cache=True picks the {cache_form(cfg, True)} form")
+    print(f"  input-form cache (ln_1 inputs, exact): {num(inp)} B/token at {cfg.block_size} tokens, 16 bits "
+          f"({inp / kv_base:.2f}x); kv_cache=True picks the {cache_form(cfg, True)} form")

@@ -6,6 +6,7 @@ is reported as a ratio to the baseline measured in the same run.
 $ python bench.py                                   # config/ablation_full.py at the ablation shape
 $ python bench.py --compare=reciprocity,lens,full   # baseline + these, ratios vs the baseline
 $ python bench.py --compare=all --block_size=2048 --batch_size=2
+$ python bench.py --kernels=True --block_size=1024 --batch_size=3   # sliding-window kernels: banded vs FlexAttention
 Tokens are random: this measures cost, not learning.
 """
 import os
@@ -13,8 +14,9 @@ import statistics
 import sys
 
 import torch
+import torch.nn.functional as F
 
-from configurator import ablation_names, configure, model_settings, print_top_operators, require, setup_device, time_ms
+from configurator import ablation_names, configure, missing_config_file, model_settings, print_top_operators, require, setup_device, time_ms
 from model import GPT, GPTConfig
 from records import check_writable, write_json
 
@@ -37,6 +39,8 @@ device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
 compile = False
 profile = False  # also print, per config, the operators that take the most time in one step (torch.profiler)
+kernels = False  # instead: time the attention kernels alone (causal SDPA, banded SDPA, FlexAttention) at --window
+window = 32  # the sliding window --kernels times
 json_path = ""  # --json_path=PATH (or --json=PATH) writes the rows
 # -----------------------------------------------------------------------------
 sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
@@ -96,13 +100,72 @@ def make_runner(name, settings):
     return dict(name=name, step=step, params=model.get_num_params(), times=[], peak=peak_bytes_of_step(step, others))
 
 
+def time_kernels():
+    """The exact sliding-window kernels against causal attention over the whole sequence, at this shape:
+    banded SDPA (model.banded_attention, what a windowed layer trains with) and FlexAttention (compiled,
+    with a block mask), forward and, where the device has it, forward + backward; medians of interleaved
+    rounds, each a ratio to causal SDPA in the same round."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from model import banded_attention
+    require((1 <= window < block_size, f"window={window} must be in [1, block_size={block_size})"))
+    D = n_embd // n_head
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(batch_size, n_head, block_size, D, device=device, dtype=ptdtype) for _ in range(3))
+    mask = create_block_mask(lambda b, h, i, j: (j <= i) & (j > i - window), None, None, block_size, block_size,
+                             device=device)
+    flex = torch.compile(flex_attention, dynamic=False)
+    fns = {"causal SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+           "banded SDPA": lambda q, k, v: banded_attention(q, k, v, window),
+           "FlexAttention": lambda q, k, v: flex(q, k, v, block_mask=mask)}
+    ref = fns["banded SDPA"](q, k, v).float()
+    err = (fns["FlexAttention"](q, k, v).float() - ref).abs().max().item()
+    print(f"kernels: window {window}, {n_head} heads of {D}, block {block_size}, batch {batch_size}, {dtype} on "
+          f"{device}; FlexAttention - banded: max |diff| {err:.1e}")
+
+    def fwd(f):
+        with torch.no_grad():
+            f(q, k, v)
+
+    def fwd_bwd(f):
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        f(qq, kk, vv).sum().backward()
+
+    rows = []
+    for label, run in (("forward", fwd), ("forward + backward", fwd_bwd)):
+        usable = {}
+        for name, f in fns.items():
+            try:
+                run(f)  # warmup (FlexAttention compiles here)
+                usable[name] = f
+            except (NotImplementedError, RuntimeError) as e:
+                print(f"  {name}, {label}: not available here ({str(e).splitlines()[0][:120]})")
+        times = {name: [] for name in usable}
+        for _ in range(rounds):
+            for name, f in usable.items():
+                times[name].append(time_ms(lambda: run(f), device_type, steps))
+        base = statistics.median(times["causal SDPA"])
+        rows += [dict(kernel=name, pass_=label, ms=statistics.median(t), x_causal=statistics.median(t) / base)
+                 for name, t in times.items()]
+    print(f"{'kernel':<16}{'pass':<20}{'ms':>10}{'x causal':>10}")
+    for r in rows:
+        print(f"{r['kernel']:<16}{r['pass_']:<20}{r['ms']:>10.2f}{r['x_causal']:>10.2f}")
+    if json_path:
+        write_json(json_path, {"device": device, "torch": torch.__version__, "window": window,
+                               "shape": dict(n_head=n_head, head_dim=D, block_size=block_size, batch_size=batch_size),
+                               "rows": [{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in rows]})
+        print(f"wrote {json_path}")
+
+
+if kernels:
+    time_kernels()
+    raise SystemExit(0)
 if compare:
     todo = [(n, f"config/ablation_{n}.py") for n in ablation_names(compare)]
 else:
     todo = [(os.path.basename(config)[:-3].removeprefix("ablation_"), config)]
 for _, path in todo:
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no config file {path}")
+        missing_config_file(path)
 
 print(f"bench: {n_layer} layers, {n_head} heads, {n_embd} wide, block {block_size}, batch {batch_size}, "
       f"{dtype} on {device}{' (compiled)' if compile else ''}, torch {torch.__version__}, "

@@ -54,10 +54,11 @@ def model_args_of(ckpt):
     return args
 
 
-def model_from_checkpoint(ckpt, path="checkpoint"):
-    """The GPT a checkpoint describes, with its weights; a mismatch is a one-line error."""
+def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
+    """The GPT a checkpoint describes, with its weights; a mismatch is a one-line error. `overrides` are
+    GPTConfig fields that do not change the weights (train.py: the dropout a resumed run trains with)."""
     try:
-        model = GPT(GPTConfig(**model_args_of(ckpt)))
+        model = GPT(GPTConfig(**{**model_args_of(ckpt), **overrides}))
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {path} has model_args this version cannot build: {e}")
     # torch.compile's prefix (nanoGPT saves it), and the causal-mask buffers of nanoGPT without flash attention
@@ -73,10 +74,14 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 def hf_gpt2_weights(name_or_dir):
     """(GPTConfig fields, state dict in this repo's layout) of OpenAI GPT-2 weights in the Hugging Face
     layout: a local directory (config.json and model.safetensors or pytorch_model.bin), or a name that
-    `transformers` downloads. GPT.from_pretrained builds the model."""
+    `transformers` downloads; tied or untied (tie_word_embeddings). A directory export_hf.py wrote (either
+    route) gives its own config and weights (export_hf.pretrained_weights). GPT.from_pretrained builds the model."""
     if os.path.isdir(name_or_dir):
         with open(os.path.join(name_or_dir, "config.json")) as f:
             hf = json.load(f)
+        if "lensgpt" in hf:  # lensgpt's config, which GPT-2's fields cannot hold all of
+            from export_hf import pretrained_weights
+            return pretrained_weights(name_or_dir)
         st = os.path.join(name_or_dir, "model.safetensors")
         if os.path.exists(st):
             from safetensors.torch import load_file
@@ -93,7 +98,8 @@ def hf_gpt2_weights(name_or_dir):
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
         hf, sd = hf_model.config.to_dict(), hf_model.state_dict()
     args = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True, tie_embeddings=True)
+                block_size=hf["n_positions"], vocab_size=hf["vocab_size"], bias=True,
+                tie_embeddings=hf.get("tie_word_embeddings", True))  # (PretrainedConfig's default: tied)
     act = hf.get("activation_function", "gelu_new")
     gelus = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
     if act not in gelus or abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
@@ -106,9 +112,9 @@ def hf_gpt2_weights(name_or_dir):
     ours = {}
     for k, v in sd.items():
         k = k.removeprefix("transformer.")
-        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
-            continue  # causal-mask buffers; lm_head is tied to wte
-        ours["transformer." + k] = v.t() if k.endswith(conv1d) else v
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or (k == "lm_head.weight" and args["tie_embeddings"]):
+            continue  # causal-mask buffers; a tied lm_head is wte
+        ours[k if k == "lm_head.weight" else "transformer." + k] = v.t() if k.endswith(conv1d) else v
     return args, ours
 
 

@@ -7,7 +7,9 @@ as module globals and calls
 Each argument not starting with '--' is a Python config file, run in order with the current settings
 visible (so an overlay can rescale what an earlier file set); each --key=value (or --key value, or a
 bare --flag for True) overrides one setting; --help lists every setting with its default and comment.
-An unknown key, a value of the wrong type or a config file that fails is a one-line error (exit 1).
+An unknown key, a value of the wrong type or a config file that is missing or fails is a one-line error
+(exit 1), with the close names where there are some. Ctrl-C stops a configured script with one line and
+exit status 130, not a traceback (train.py replaces this with its own handler, which saves first).
 """
 
 import ast
@@ -15,8 +17,11 @@ import difflib
 import glob
 import os
 import re
+import signal
+import threading
 
 PLAIN = (bool, int, float, str, tuple, type(None))
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def config_keys(g):
@@ -34,6 +39,32 @@ def _unknown(key, keys):
     die(f"unknown config key '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
 
 
+def did_you_mean(name, candidates, near=None):
+    """' (did you mean a, b or c?)' with `near`, by default the candidates closest to name (difflib), or ''
+    if none is close."""
+    near = difflib.get_close_matches(name, candidates, n=3) if near is None else near
+    if not near:
+        return ""
+    return f" (did you mean {near[0] if len(near) == 1 else ', '.join(near[:-1]) + ' or ' + near[-1]}?)"
+
+
+def missing_config_file(path):
+    """A config file that is not there: one line naming the files it may have meant (those beside where it
+    points, and this repo's config/*.py, as written from the current directory)."""
+    folders = {os.path.dirname(path), os.path.relpath(os.path.join(ROOT, "config"))}
+    names = sorted({os.path.join(d, f) for d in folders if os.path.isdir(d or ".") for f in os.listdir(d or ".")
+                    if f.endswith(".py")})
+    same = [n for n in names if os.path.basename(n) == os.path.basename(path)]  # the right file, the wrong folder
+    die(f"config file {path} not found" + did_you_mean(path, names, same or None))
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C in a script (not train.py, which saves first): one line and exit status 130, not a traceback.
+    os.write, not print: a print here could land inside a print the script was making."""
+    os.write(2, b"\ninterrupted (SIGINT)\n")
+    raise SystemExit(128 + signum)
+
+
 def _checked(key, value, default):
     """value, if it fits the type of the setting's default (an int fits a float, None fits nothing
     but a None default, which takes any plain value)."""
@@ -45,7 +76,8 @@ def _checked(key, value, default):
     if want is tuple and type(value) is list:
         return tuple(value)
     if type(value) is not want:
-        die(f"config key '{key}' wants a {want.__name__}, got {value!r} ({type(value).__name__})")
+        article = "an" if want.__name__[0] in "aeiou" else "a"
+        die(f"config key '{key}' wants {article} {want.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -74,13 +106,18 @@ def _help(g, keys):
     raise SystemExit(0)
 
 
-def configure(g, argv, follow=None):
+def configure(g, argv, follow=None, given=None):
     """Apply config files and --key=value overrides from argv to the settings in g; returns the
     names of the settings. --help prints them all and exits. `follow` maps a setting to integer
     settings that scale with it (train.py: max_iters -> lr_decay_iters and the annealing window):
     when a config file or the command line changes the leader, each follower that neither that file
-    nor the command line sets is rescaled by new / old, so it keeps its place in the run."""
+    nor the command line sets is rescaled by new / old, so it keeps its place in the run. `given`, a
+    set, receives the name of every setting a config file or the command line sets (train.py's resume
+    takes the others from the checkpoint): a file's top-level assignments, and what its code changed."""
+    if threading.current_thread() is threading.main_thread():  # (signal handlers live in the main thread)
+        signal.signal(signal.SIGINT, _interrupted)
     keys = config_keys(g)
+    given = set() if given is None else given
     argv = list(argv)
     explicit = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
 
@@ -99,7 +136,7 @@ def configure(g, argv, follow=None):
             _help(g, keys)
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
-                die(f"config file {arg} not found")
+                missing_config_file(arg)
             ns = {k: g[k] for k in keys}
             with open(arg) as f:
                 src = f.read()
@@ -108,8 +145,11 @@ def configure(g, argv, follow=None):
             except Exception as e:  # a config file is user code: report it in one line
                 die(f"config file {arg} failed: {type(e).__name__}: {e}")
             # what the file assigns, even to the value it already had (it parsed, so this does too)
-            assigned = {t.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Assign)
+            tree = ast.parse(src)
+            assigned = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
                         for t in node.targets if isinstance(t, ast.Name)}
+            top = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                   if isinstance(t, ast.Name)}  # assigned whatever the file's branches do
             updates = {}
             for k, v in ns.items():
                 if k.startswith("_") or k == "__builtins__" or not isinstance(v, PLAIN):
@@ -118,11 +158,13 @@ def configure(g, argv, follow=None):
                     _unknown(k, keys)
                 if k in assigned or v != g[k]:
                     updates[k] = _checked(k, v, g[k])
+            given.update(k for k, v in updates.items() if k in top or v != g[k])
             assign(updates)
         else:
             k, eq, text = arg[2:].partition("=")
             if k not in keys:
                 _unknown(k, keys)
+            given.add(k)
             if not eq:  # --key value, or a bare --flag for a True/False (or None) setting
                 flag = isinstance(g[k], bool) or g[k] is None
                 if flag and (not argv or argv[0].startswith("--") or argv[0] not in ("True", "False")):
@@ -169,14 +211,16 @@ def require(*checks):
 def ablation_names(spec):
     """The ablations a comma-separated spec names ('all': every config/ablation_*.py), the baseline
     first (every comparison is against it); a name without a config file is a one-line error."""
-    root = os.path.dirname(os.path.abspath(__file__))
+    known = sorted(os.path.basename(p)[len("ablation_"):-3]
+                   for p in glob.glob(os.path.join(ROOT, "config", "ablation_*.py")))
     names = [n for n in str(spec).split(",") if n]
     if names == ["all"]:
-        names = sorted(os.path.basename(p)[len("ablation_"):-3]
-                       for p in glob.glob(os.path.join(root, "config", "ablation_*.py")))
+        names = known
     for n in names:
-        if not os.path.isfile(os.path.join(root, "config", f"ablation_{n}.py")):
-            die(f"no config file config/ablation_{n}.py")
+        if not os.path.isfile(os.path.join(ROOT, "config", f"ablation_{n}.py")):
+            # a name is asked for; a path to the config file is a common way to mean one
+            die(f"no config file config/ablation_{n}.py"
+                + did_you_mean(os.path.basename(n).removeprefix("ablation_").removesuffix(".py"), known))
     if names:
         names = ["baseline"] + [n for n in names if n != "baseline"]
     return names

@@ -86,6 +86,14 @@ def check_quant(cfg, form, kv_bits, kv_group, kv_residual):
     if not (isinstance(kv_group, int) and kv_group >= 1 and width % kv_group == 0):
         raise ValueError(f"kv_group={kv_group!r} must divide {axis}={width} (the {form} form quantizes "
                          f"{'x^' if form == 'input' else 'values'} per token in groups of channels)")
+    # a windowed layer's ring holds whole key groups, and the unquantized tokens (the residual and the group
+    # being filled) within its W slots
+    tok = kv_group if form == "kv" else 1
+    odd = [w for w in cfg.layer_windows if w and (w % tok or kv_residual + tok > w)]
+    if odd:
+        raise ValueError(f"attn_window={odd[0]} cannot hold this quantized cache: a windowed layer's ring needs W a "
+                         f"multiple of {'kv_group' if tok > 1 else '1'}={tok} and kv_residual + {tok} <= W "
+                         f"(kv_residual={kv_residual})")
 
 
 def kv_cache_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_skip_layers=(), kv_bits=16, kv_group=32,
@@ -93,36 +101,46 @@ def kv_cache_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_sk
     """The bytes a KVCache holds, from the config alone (QuantizedBuffer's layout): per tensor of width C,
     max_len positions (per-channel groups: rounded up to whole groups) at C * bits / 8 bytes of codes and
     4 C / G of float16 scale and zero, and the full-precision ring of min(residual + tokens per group,
-    max_len) positions."""
+    max_len) positions. A windowed layer keeps min(max_len, W) positions (its ring)."""
     size = torch.empty((), dtype=dtype).element_size()
     total = 0
-    for width, per_channel in (t for layer in kv_layer_tensors(cfg, form, attn_skip_layers) for t in layer):
-        if kv_bits == 16:
-            total += max_len * width * size
-            continue
-        tok = kv_group if per_channel else 1
-        padded = -(-max_len // tok) * tok
-        total += padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2
-        total += min(kv_residual + tok, max_len) * width * size
+    for layer, window in zip(kv_layer_tensors(cfg, form, attn_skip_layers), cfg.layer_windows):
+        L = min(max_len, window or max_len)
+        for width, per_channel in layer:
+            if kv_bits == 16:
+                total += L * width * size
+                continue
+            tok = kv_group if per_channel else 1
+            padded = -(-L // tok) * tok
+            total += padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2
+            total += min(kv_residual + tok, L) * width * size
     return batch_size * total
 
 
 def kv_workspace_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_skip_layers=(), kv_bits=16,
                         kv_group=32):
     """The workspace a quantized KVCache dequantizes into: its largest tensor in dtype (0 at 16 bits)."""
-    widths = [(w, pc) for layer in kv_layer_tensors(cfg, form, attn_skip_layers) for w, pc in layer]
+    widths = [(w, pc, min(max_len, win or max_len)) for layer, win in
+              zip(kv_layer_tensors(cfg, form, attn_skip_layers), cfg.layer_windows) for w, pc in layer]
     if kv_bits == 16 or not widths:
         return 0
-    padded = lambda pc: -(-max_len // kv_group) * kv_group if pc else max_len
-    largest = max(w * padded(pc) for w, pc in widths)
+    padded = lambda pc, L: -(-L // kv_group) * kv_group if pc else L
+    largest = max(w * padded(pc, L) for w, pc, L in widths)
     # in dtype, and at 4 bits a byte per two of its values to unpack the codes into
     return batch_size * (largest * torch.empty((), dtype=dtype).element_size() + (largest // 2 if kv_bits == 4 else 0))
 
 
-def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16):
-    """Bytes one token adds to the cache, as a long context sees it (the ring and the padding are per
-    sequence): values x bits / 8, plus 4 / G bytes of scale and zero per value at fewer than 16 bits."""
-    values = sum(kv_layer_values(cfg, form, attn_skip_layers))
+def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16, context=None):
+    """Bytes per token of a cache holding `context` tokens (block_size by default), as a long context sees it
+    (the quantization ring and the padding are per sequence): values x bits / 8, plus 4 / G bytes of scale and
+    zero per value at fewer than 16 bits. A windowed layer holds min(context, W) tokens, so its values count
+    min(context, W) / context: bytes per token fall as the context grows."""
+    T = context or cfg.block_size
+    if not (isinstance(T, int) and T >= 1):
+        raise ValueError(f"context={context!r} must be a whole number of tokens >= 1")
+    per_layer = kv_layer_values(cfg, form, attn_skip_layers)
+    bound = [(v, w) for v, w in zip(per_layer, cfg.layer_windows) if w and w < T and v]
+    values = sum(per_layer) - sum(v for v, _ in bound) + (sum(v * w for v, w in bound) / T if bound else 0)
     if kv_bits == 16:
         return values * torch.empty((), dtype=dtype).element_size()
     return values * kv_bits / 8 + values * 4 / kv_group
@@ -132,17 +150,22 @@ def _zeros(*shape, like):
     return torch.zeros(*shape, device=like["device"], dtype=like["dtype"])
 
 
-def _put(buf, dim, input_pos, t):
-    """Write t into buf along dim at input_pos; None: a prefill, whose chunk starts at position 0."""
+def _put(buf, dim, input_pos, t, wraps=False):
+    """Write t into buf along dim at input_pos; None: a prefill, whose chunk starts at position 0. wraps: buf
+    is a sliding window's ring of L slots, position p in slot p mod L (a prefill longer than L keeps its last L)."""
+    L, n = buf.size(dim), t.size(dim)
+    if input_pos is None and n > L:
+        input_pos, t = torch.arange(n - L, n, device=t.device), t.narrow(dim, n - L, L)
     if input_pos is None:
-        buf.narrow(dim, 0, t.size(dim)).copy_(t)
+        buf.narrow(dim, 0, n).copy_(t)
     else:
-        buf.index_copy_(dim, input_pos, t.to(buf.dtype))
+        buf.index_copy_(dim, input_pos % L if wraps else input_pos, t.to(buf.dtype))
 
 
 def _probs(scores, input_pos, max_len):
     """Attention probabilities of (B, H, T, L) raw scores (already scaled) for a chunk at input_pos: a
-    position sees the buffer up to itself; what is not written yet is masked."""
+    position sees the buffer up to itself; what is not written yet is masked. In a sliding window's ring
+    (L = W slots) a token at p >= W - 1 sees every slot, each holding one of the positions p - W < j <= p."""
     visible = torch.arange(max_len, device=scores.device) <= input_pos.view(-1, 1)  # (T, L)
     return F.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
 
@@ -210,13 +233,14 @@ def fake_quant(x, bits, group, per_channel):
 
 
 class Buffer:
-    """One cached tensor (..., L, C), kept as it is computed (kv_bits=16: the model's dtype)."""
+    """One cached tensor (..., L, C), kept as it is computed (kv_bits=16: the model's dtype); wraps: a
+    sliding window's ring of L slots."""
 
-    def __init__(self, lead, max_len, width, like):
-        self.t = _zeros(*lead, max_len, width, like=like)
+    def __init__(self, lead, max_len, width, like, wraps=False):
+        self.t, self.wraps = _zeros(*lead, max_len, width, like=like), wraps
 
     def write(self, input_pos, t):
-        _put(self.t, -2, input_pos, t)
+        _put(self.t, -2, input_pos, t, self.wraps)
 
     def read(self, input_pos):
         return self.t
@@ -233,10 +257,13 @@ class QuantizedBuffer:
     residual window; a step quantizes the group that its token pushes out (compiled, every step does the
     same work on static shapes). Reading dequantizes everything and puts the window's full-precision
     values back.
-    The cache then takes a prefill and one token per step."""
+    The cache then takes a prefill and one token per step. wraps: the L positions are a sliding window's
+    ring (L a whole number of groups): position p's codes in slot p mod L, a group stored only once complete,
+    when the positions it overwrites have left the window."""
 
-    def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel):
+    def __init__(self, lead, max_len, width, like, bits, group, residual, per_channel, wraps=False):
         self.bits, self.group, self.residual, self.per_channel = bits, group, residual, per_channel
+        self.wraps = wraps
         self.work = self.nibbles = None  # where read() dequantizes to: the KVCache's workspace, for every layer
         self.plans = {}  # a step's positions (_plan), shared by the KVCache's buffers
         self.tok = group if per_channel else 1  # tokens per group
@@ -255,11 +282,18 @@ class QuantizedBuffer:
         """How many of the first n positions are quantized: whole groups older than the residual."""
         return (n - self.residual).clamp(min=0) // self.tok * self.tok
 
-    def _store(self, idx, t):
-        """Quantize t (..., k*tok, C) into positions idx (whole groups)."""
+    def _store(self, idx, t, keep=None):
+        """Quantize t (..., k*tok, C) into positions idx (whole groups); keep (a bool tensor): only where it
+        is true, else the codes there stay."""
         codes, scale, zero = quantize(t, self.bits, self.group, self.per_channel)
-        self.codes.index_copy_(-2, idx, codes)
+        if self.wraps:
+            idx = idx % self.max_len
         at = idx[::self.tok] // self.tok if self.per_channel else idx
+        if keep is not None:
+            codes = torch.where(keep, codes, self.codes.index_select(-2, idx))
+            scale = torch.where(keep, scale, self.scale.index_select(-3, at))
+            zero = torch.where(keep, zero, self.zero.index_select(-3, at))
+        self.codes.index_copy_(-2, idx, codes)
         self.scale.index_copy_(-3, at, scale)
         self.zero.index_copy_(-3, at, zero)
 
@@ -286,6 +320,9 @@ class QuantizedBuffer:
         if input_pos.device.type == "cpu" and not torch.compiler.is_compiling():
             t = int(input_pos[-1]) - self.residual
             complete = t >= 0 and (t + 1) % self.tok == 0
+        elif self.wraps:  # in a ring, a group stored before it is complete would overwrite codes still in the
+            t = input_pos[-1:] - self.residual  # window: the condition as a tensor (static work, no sync)
+            complete = (t >= 0) & ((t + 1) % self.tok == 0)
         plan = (input_pos % W, group, group % W, pos, (pos >= self.quantized(n)).view(W, 1), complete)
         if not torch.compiler.is_compiling():
             self.plans[key] = (input_pos, input_pos._version, plan)
@@ -296,8 +333,9 @@ class QuantizedBuffer:
         if input_pos is None:  # a prefill from position 0: whole groups quantized, the rest to the ring
             n = t.size(-2)
             done = int(self.quantized(torch.tensor(n)))
-            if done:
-                self._store(torch.arange(done, device=t.device), t[..., :done, :])
+            first = max(0, done - self.max_len) if self.wraps else 0  # a ring keeps its last L positions
+            if done > first:
+                self._store(torch.arange(first, done, device=t.device), t[..., first:done, :])
             keep = torch.arange(max(0, n - W), n, device=t.device)
             self.ring.index_copy_(-2, keep % W, t.index_select(-2, keep).to(self.ring.dtype))
             return
@@ -305,7 +343,9 @@ class QuantizedBuffer:
             raise ValueError("a quantized cache takes a prefill and then one token per step")
         slot, group, group_slots, _, _, complete = self._plan(input_pos)
         self.ring.index_copy_(-2, slot, t.to(self.ring.dtype))
-        if complete:
+        if isinstance(complete, torch.Tensor):
+            self._store(group, self.ring.index_select(-2, group_slots), keep=complete)
+        elif complete:
             self._store(group, self.ring.index_select(-2, group_slots))
 
     def read(self, input_pos):
@@ -314,22 +354,30 @@ class QuantizedBuffer:
         j mod W). Eager, in place in the workspace; compiled, as one expression, which inductor fuses with
         its reader (in place on a view of an input, it would copy the workspace: measured 3x slower)."""
         args = (self.codes, self.scale, self.zero, self.bits, self.group, self.per_channel, self.ring.dtype)
+        L = self.max_len
         if torch.compiler.is_compiling():
-            j = torch.arange(self.max_len, device=input_pos.device)
-            fresh = (j >= self.quantized(input_pos[-1:] + 1)).view(-1, 1)
-            return torch.where(fresh, self.ring.index_select(-2, j % self.window),
-                               dequantize(*args)[..., :self.max_len, :])
-        out = dequantize(*args, self.work, self.nibbles)[..., :self.max_len, :]
+            j, n = torch.arange(L, device=input_pos.device), input_pos[-1:] + 1
+            if self.wraps:  # slot j holds the newest position p < n with p = j mod L
+                j = n - L + (j - n) % L
+            fresh = (j >= self.quantized(n)).view(-1, 1)
+            return torch.where(fresh, self.ring.index_select(-2, j % self.window), dequantize(*args)[..., :L, :])
+        out = dequantize(*args, self.work, self.nibbles)[..., :L, :]
         _, _, _, pos, fresh, _ = self._plan(input_pos)
-        out.index_copy_(-2, pos, torch.where(fresh, self.ring, out.index_select(-2, pos)))
+        slots = pos % L if self.wraps else pos
+        out.index_copy_(-2, slots, torch.where(fresh, self.ring, out.index_select(-2, slots)))
         return out
 
 
-def _store(lead, max_len, width, like, quant, per_channel):
+def _store(lead, max_len, width, like, quant, per_channel, wraps=False):
     """A Buffer, or a QuantizedBuffer where quant = (bits, group, residual) asks for fewer than 16 bits."""
     if quant[0] == 16:
-        return Buffer(lead, max_len, width, like)
-    return QuantizedBuffer(lead, max_len, width, like, *quant, per_channel)
+        return Buffer(lead, max_len, width, like, wraps)
+    return QuantizedBuffer(lead, max_len, width, like, *quant, per_channel, wraps)
+
+
+def slots(attn, max_len):
+    """Positions a layer's cache keeps: max_len, or a sliding window's W (a ring) where W is shorter."""
+    return min(max_len, attn.window or max_len)
 
 
 class KVLayerCache:
@@ -339,15 +387,16 @@ class KVLayerCache:
     query_only = False  # attend needs the chunk's K and V (attention's forward computes them)
 
     def __init__(self, attn, batch_size, max_len, like, attends=True, quant=(16,)):
-        B, L, H, Hkv, D = batch_size, max_len, attn.n_head, attn.n_kv_head, attn.head_dim
+        B, L, H, Hkv, D = batch_size, slots(attn, max_len), attn.n_head, attn.n_kv_head, attn.head_dim
         self.max_len, self.gates, self.kq, self.k, self.q, self.D = L, _gates(attn, like["dtype"]), None, None, None, D
+        wraps = L < max_len
         if attn.use_rec and attends and Hkv == H:
-            self.kq = _store((B, H), L, 2 * D, like, quant, per_channel=True)
+            self.kq = _store((B, H), L, 2 * D, like, quant, True, wraps)
         else:
-            self.k = _store((B, Hkv), L, D, like, quant, per_channel=True)
+            self.k = _store((B, Hkv), L, D, like, quant, True, wraps)
             if attn.use_rec and attends:
-                self.q = _store((B, H), L, D, like, quant, per_channel=True)
-        self.v = _store((B, Hkv), L, D, like, quant, per_channel=False)
+                self.q = _store((B, H), L, D, like, quant, True, wraps)
+        self.v = _store((B, Hkv), L, D, like, quant, False, wraps)
 
     def buffers(self):
         return [s for s in (self.kq, self.k, self.q, self.v) if s is not None]
@@ -400,9 +449,9 @@ class InputLayerCache:
     def __init__(self, attn, batch_size, max_len, like, quant=(16,)):
         H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
         E = H * D
-        self.max_len, self.gates = max_len, _gates(attn, like["dtype"])
+        self.max_len, self.gates = slots(attn, max_len), _gates(attn, like["dtype"])
         self.query_only = not attn.use_rec  # the chunk's K enters only through S^T; V never does
-        self.x = _store((batch_size,), max_len, E, like, quant, per_channel=False)
+        self.x = _store((batch_size,), self.max_len, E, like, quant, False, self.max_len < max_len)
         w = attn.c_attn.weight.detach().to(like["dtype"])
         wq, wk, wv = w.split([E, Hkv * D, Hkv * D])
         per_head = lambda t: t.view(Hkv, D, E).repeat_interleave(H // Hkv, dim=0)
@@ -437,7 +486,8 @@ class SharedLayerCache:
         self.owner, self.gates, self.q = owner, _gates(attn, like["dtype"]), None
         self.query_only = owner.query_only
         if attn.use_rec and attends:
-            self.q = _store((batch_size, attn.n_head), max_len, attn.head_dim, like, quant, per_channel=True)
+            L = slots(attn, max_len)  # the group's window (one per CLA group)
+            self.q = _store((batch_size, attn.n_head), L, attn.head_dim, like, quant, True, L < max_len)
 
     def buffers(self):
         return [] if self.q is None else [self.q]
@@ -469,6 +519,8 @@ class KVCache:
         self.quant = (kv_bits, kv_group, kv_residual)
         self.attn_skip_layers = set(attn_skip_layers)
         self.length = 0  # positions filled: advance() moves it, reset() empties the cache
+        # the shortest sliding window's ring, where one is shorter than the cache (None: nothing wraps)
+        self.ring = min((w for w in cfg.layer_windows if w and w < self.max_len), default=None)
         device = model.lm_head.weight.device
         if dtype is None:
             dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
@@ -505,6 +557,9 @@ class KVCache:
         """Claim the next t positions; returns the first. The one place the position moves."""
         if self.length + t > self.max_len:
             raise ValueError(f"cannot add {t} positions to a KVCache holding {self.length} of {self.max_len}; reset() it")
+        if self.length and t > 1 and self.ring and self.length + t > self.ring:
+            raise ValueError(f"a sliding-window cache (W={self.ring}) takes a prefill, then one token per step once it "
+                             f"wraps: a chunk of {t} at position {self.length} would overwrite keys it attends to")
         start, self.length = self.length, self.length + t
         return start
 
@@ -526,15 +581,36 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------- generation
-def sample_next(logits, temperature=1.0, top_k=None):
-    """One token per row from the last-position logits; temperature 0 is greedy."""
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row, (b, 1), from last-position logits (b, vocab): the argmax at temperature 0;
+    else a draw from softmax(logits / temperature) kept to the top_k most likely tokens (None or 0: all),
+    then to the nucleus of top_p (the most likely tokens whose probability reaches top_p; None or 1: all),
+    in transformers' order. Within the top k, the draw sees only the k values (topk, softmax over k,
+    draw, gather the index): at GPT-2's vocabulary a softmax and torch.multinomial over every token
+    cost ~10x more. The draw is an exponential race, sync-free and vectorised: with E_i ~ Exp(1) i.i.d.,
+    E_i / p_i ~ Exp(rate p_i), and the first of independent exponential clocks is i with probability
+    p_i / sum(p), so argmax(p / E) draws from p exactly (to float32's 2^-24 steps of U; p normalised or
+    not). Top-p over the whole vocabulary sorts it, as transformers does. Random numbers come from
+    torch's global generator (torch.manual_seed), or from `generator`."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+    if not (temperature > 0 and (top_k is None or top_k >= 0) and (top_p is None or 0 < top_p <= 1)):
+        raise ValueError(f"sampling needs temperature >= 0, top_k >= 0 and top_p in (0, 1], got temperature="
+                         f"{temperature}, top_k={top_k}, top_p={top_p}")
+    idx = None  # the vocabulary index of each column, where the columns are a subset
+    if top_k and top_k < logits.size(-1):
+        logits, idx = torch.topk(logits, top_k)  # sorted, most likely first
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p is not None and top_p < 1:
+        if idx is None:
+            probs, idx = probs.sort(dim=-1, descending=True)
+        # a token stays while the tokens more likely than it hold less than top_p: the most likely always does
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0)
+    # E = -log U, U uniform on [0, 1) (a uniform and a log: torch's exponential_ is ~4x slower on a CPU):
+    # E > 0, so no 0 / 0, and U = 0 gives E = inf, a token that never wins
+    e = torch.rand(probs.shape, device=probs.device, generator=generator).log_().neg_()
+    choice = (probs / e).argmax(dim=-1, keepdim=True)
+    return choice if idx is None else idx.gather(-1, choice)
 
 
 def decode_step(model, idx, cache, input_pos):
@@ -557,9 +633,10 @@ def compiled_decode_step(device_type):
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-                    compile=False, kv_bits=16, kv_group=32, kv_residual=0):
-    """Yield max_new_tokens sampled tokens (b, 1), one at a time. kv_cache: False recomputes the
-    context every step, as nanoGPT does; True (= "auto": the smaller form for this config), "kv" or
+                    compile=False, kv_bits=16, kv_group=32, kv_residual=0, top_p=None, generator=None):
+    """Yield max_new_tokens sampled tokens (b, 1), one at a time (sample_next: temperature, top_k, top_p,
+    generator; temperature 0 is greedy). kv_cache: False recomputes the context every step, as nanoGPT
+    does; True (= "auto": the smaller form for this config), "kv" or
     "input" prefill the prompt in one pass, then feed one token per step. compile=True runs that step
     through torch.compile (CUDA graphs on CUDA); it compiles once, not per position. kv_bits 8 or 4
     (kv_group, kv_residual): a quantized cache (KVCache). Every path
@@ -583,15 +660,16 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_
         else:
             last = idx[:, -1:].clone(memory_format=torch.contiguous_format)  # strides (1, 1): no recompiles
             logits = step(model, last, cache, torch.tensor([cache.advance(1)], device=idx.device))
-        nxt = sample_next(logits[:, -1, :], temperature, top_k)
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
         idx = torch.cat((idx, nxt), dim=1)
         yield nxt
 
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True, attn_skip_layers=(),
-             compile=False, **quant):
-    """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream."""
+             compile=False, **options):
+    """idx (b, t) followed by max_new_tokens sampled tokens; see generate_stream (options: kv_bits, kv_group,
+    kv_residual, top_p, generator)."""
     new = list(generate_stream(model, idx, max_new_tokens, temperature, top_k, kv_cache, attn_skip_layers, compile,
-                               **quant))
+                               **options))
     return torch.cat([idx] + new, dim=1)

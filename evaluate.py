@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from analysis import analyze_attn_gates, attention_contribution, remove_closed_attention
 from checkpoint import load_checkpoint, model_from_checkpoint
@@ -103,6 +104,34 @@ def val_eval(model, batches, attn_skip_layers=()):
 
 
 @torch.no_grad()
+def position_eval(model, batches):
+    """(loss_by_position, recall_by_distance) over the batches. loss_by_position[t]: the mean loss of the
+    prediction made at position t (None where no target is scored there): how much of its context a model
+    uses (one that reads only its last W tokens stops improving past W). recall_by_distance, on a dataset
+    that scores answers (else None): {d: [right, answers]} by the distance d from an answer's query key back
+    to that key's latest earlier occurrence (its pair, or an earlier query): recall beyond a window."""
+    T = batches[0][0].size(1)
+    loss, count, by_dist = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64), {}
+    causal = torch.ones(T, T, dtype=torch.bool).tril(-1)  # (t, p): p < t
+    for x, y in batches:
+        logits, _ = model(x, y)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="none").view_as(y)
+        scored = y >= 0
+        loss += (ce * scored).sum(0).double().cpu()
+        count += scored.sum(0).double().cpu()
+        if (~scored).any():  # a masked set: answers at query keys
+            seen = (x.unsqueeze(2) == x.unsqueeze(1)) & causal.to(x.device)  # (B, t, p): x[p] == x[t], p < t
+            last = torch.where(seen, torch.arange(T, device=x.device), -1).amax(-1)  # latest earlier occurrence
+            right = logits.argmax(-1) == y
+            for b, t in scored.nonzero().tolist():
+                if last[b, t] >= 0:
+                    entry = by_dist.setdefault(t - int(last[b, t]), [0, 0])
+                    entry[0], entry[1] = entry[0] + int(right[b, t]), entry[1] + 1
+    per_pos = [None if c == 0 else float(l / c) for l, c in zip(loss.tolist(), count.tolist())]
+    return per_pos, ({str(d): by_dist[d] for d in sorted(by_dist)} if by_dist else None)
+
+
+@torch.no_grad()
 def greedy_order(model, select_batches, ctx=None):
     """Attention layers in the order greedy pruning removes them: at each step the layer whose removal
     raises the loss on `select_batches` least (ties: the lower index). The selection batches must not
@@ -155,16 +184,23 @@ def pruning_curve(model, batches, ctx=None, select_batches=None):
 
 
 @torch.no_grad()
+def cached_logits(model, x, **cache_options):
+    """The logits of every position of x (B, T), each decoded through a KVCache (KVCache's options: form,
+    kv_bits, kv_group, kv_residual, attn_skip_layers), teacher-forced: the first token prefilled, then one
+    token per step, as generation would see them."""
+    cache = KVCache(model, x.size(0), x.size(1), **cache_options)
+    return torch.cat([model(x[:, :1], cache=cache)[0]]
+                     + [model(x[:, t:t + 1], cache=cache)[0] for t in range(1, x.size(1))], dim=1)
+
+
+@torch.no_grad()
 def cached_eval(model, batches, ctx=None, **cache_options):
     """(mean loss, accuracy) as `val_eval`, but every position's logits come from decoding through a
-    KVCache (KVCache's options: form, kv_bits, kv_group, kv_residual), teacher-forced: the first token
-    prefilled, then one token per step, as generation would see them."""
+    KVCache (cached_logits)."""
     loss, right, total = 0.0, 0, 0
     for x, y in batches:
         with ctx or nullcontext():
-            cache = KVCache(model, x.size(0), x.size(1), **cache_options)
-            logits = torch.cat([model(x[:, :1], cache=cache)[0]]
-                               + [model(x[:, t:t + 1], cache=cache)[0] for t in range(1, x.size(1))], dim=1)
+            logits = cached_logits(model, x, **cache_options)
         loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1).item()
         r, t = hits(logits, y)
         right, total = right + r, total + t
@@ -212,6 +248,11 @@ def checkpoint_curve(model, dataset, n_batches, batch_size, device, ctx=None, se
         for p in points:
             p.val_acc = None
     return points, contrib, recall
+
+
+def checkpoint_positions(model, dataset, n_batches, batch_size, device, seed=1337):
+    """position_eval on the batches checkpoint_curve reports."""
+    return position_eval(model, val_batches(dataset, model.config.block_size, n_batches, batch_size, device, seed))
 
 
 def checkpoint_quant(model, dataset, n_batches, batch_size, device, ctx=None, seed=1337, pruned=None, **options):

@@ -22,6 +22,7 @@ $ python kv_cache_bench.py --configs=baseline,full --n_layer=12 --n_head=12 --n_
 $ python kv_cache_bench.py --configs= --ckpt='out-ablate-recall/*/seed0/ckpt.pt'   # pruning curves only
 $ python kv_cache_bench.py --configs=baseline --kv_bits=16,8,4 --contexts=1024 --mem_budget=0.5   # quantized caches
 $ python kv_cache_bench.py --configs= --peer=hf --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50257  # vs transformers
+$ python kv_cache_bench.py --configs= --peer=hf --peer_top_k=200 --vocab_size=50257 --batch_size=16  # sampled decoding
 """
 import dataclasses
 import glob
@@ -69,9 +70,11 @@ plot = ""  # PNG of validation loss against KV bytes per token (needs --ckpt and
 seed = 1337
 profile = False  # also print, per config and form, the operators that take the most time in one eager decode step
 # (batch_size, the largest context) and in one throughput step at the largest batch (each throughput mode)
-peer = ""  # 'hf': also time Hugging Face transformers' cached greedy generate against ours on the same GPT-2 weights
-peer_prompt = 64  # the peer comparison: prompt tokens, then peer_new_tokens greedy tokens, the whole call timed
+peer = ""  # 'hf': also time Hugging Face transformers' cached generate against ours on the same GPT-2 weights
+peer_prompt = 64  # the peer comparison: prompt tokens, then peer_new_tokens new tokens, the whole call timed
 peer_new_tokens = 64
+peer_top_k = None  # None: greedy (the same tokens as transformers); K: both sample at temperature 1 within the top K
+# (transformers: do_sample=True, top_k=K); 0: both sample from the whole vocabulary
 # -----------------------------------------------------------------------------
 sys.argv = ["--json_path" if a == "--json" else a.replace("--json=", "--json_path=", 1) for a in sys.argv]
 configure(globals(), sys.argv[1:])
@@ -127,10 +130,21 @@ def decode_ms(model, cache, idx, start, step):
     return float(np.median(ms[1:]))
 
 
+def precision(bits):
+    """What a cache at `bits` holds its values in, by name: 16 is unquantized, in the dtype it is computed
+    in (float32 on a CPU: 4 bytes a value), 8 and 4 are quantized codes."""
+    return dtype if bits == 16 else f"{bits}-bit"
+
+
+def gib(nbytes):
+    """Bytes in GiB, with the digits a small budget needs (0.25, not 0.2)."""
+    return f"{nbytes / 2**30:.4g} GiB"
+
+
 # ----------------------------------------------------------------------------- phases
 def build(names):
     """(name, model, form, bits) for every config, cache form and bit width to measure: random-weight
-    models at the benchmark's shape, the baseline's 16-bit K/V form first (every ratio is against it)."""
+    models at the benchmark's shape, the baseline's unquantized K/V form first (every ratio is against it)."""
     models = []
     for name in names:
         torch.manual_seed(seed)
@@ -164,7 +178,7 @@ def measure(models):
                               decode={m: [] for m in mode_list}))
     # every slot keeps its compiled graph across the rounds
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(slots) + 8)
-    for _ in tqdm(range(rounds), desc="rounds", file=sys.stderr, dynamic_ncols=True):
+    for _ in tqdm(range(rounds), desc="rounds", file=sys.stderr, dynamic_ncols=True, disable=None):
         for s in slots:
             start = s["c"] - decode_tokens
             with ctx:
@@ -226,13 +240,20 @@ def throughput(name, model, form, bits, budget, mode):
     return out
 
 
+def peer_decoding():
+    """How the peer rows decode, in words: greedy, or sampled within the top k or from the whole vocabulary."""
+    return "greedy" if peer_top_k is None else f"sampled, top_k={peer_top_k}" if peer_top_k else "sampled, full vocabulary"
+
+
 @torch.no_grad()
 def peer_rows():
-    """PeerRows: Hugging Face transformers' greedy generate (its default dynamic cache) against lensgpt's
+    """PeerRows: Hugging Face transformers' generate (its default dynamic cache) against lensgpt's
     generate in each cache form and mode, on the same random GPT-2 weights (GPT.from_pretrained of the
     transformers model), batch_size prompts of peer_prompt tokens and peer_new_tokens new ones: the
-    whole call timed, medians of `rounds` interleaved rounds after one warm-up call each. Every
-    contender's tokens must equal transformers'."""
+    whole call timed, medians of `rounds` interleaved rounds after one warm-up call each. Greedy, every
+    contender's tokens must equal transformers'; sampled (--peer_top_k, temperature 1, the global
+    generator seeded once), every token each engine drew must be among the peer_top_k most likely at its
+    position under the same weights (teacher-forced logits; ties with the k-th to 1e-4 count)."""
     try:
         import transformers
     except ImportError:
@@ -247,39 +268,59 @@ def peer_rows():
         hf.save_pretrained(d)
         ours = GPT.from_pretrained(d).to(device).eval()
     hf = hf.to(device)
-    gen = transformers.GenerationConfig(max_new_tokens=peer_new_tokens, do_sample=False, eos_token_id=None,
-                                        pad_token_id=0)
+    sampled = peer_top_k is not None
+    gen = transformers.GenerationConfig(max_new_tokens=peer_new_tokens, do_sample=sampled, eos_token_id=None,
+                                        pad_token_id=0, **(dict(temperature=1.0, top_k=peer_top_k, top_p=1.0)
+                                                           if sampled else {}))
     idx = torch.randint(vocab_size, (batch_size, peer_prompt), generator=torch.Generator().manual_seed(seed)).to(device)
     mask = torch.ones_like(idx)
     calls = {("transformers", "dynamic", "eager"): lambda: hf.generate(idx, attention_mask=mask, generation_config=gen)}
     for form in form_list:
         for mode in mode_list:
             calls[("lensgpt", form, mode)] = lambda form=form, mode=mode: ours.generate(
-                idx, peer_new_tokens, temperature=0, kv_cache=form, compile=mode == "compiled")
+                idx, peer_new_tokens, temperature=1.0 if sampled else 0, top_k=peer_top_k or None, kv_cache=form,
+                compile=mode == "compiled")
     ms, out = {k: [] for k in calls}, {}
+    torch.manual_seed(seed)
     with ctx:
         for k, call in calls.items():  # warm-up: compilation, kernel selection
             out[k] = call()
         for k, tokens in out.items():
-            if not torch.equal(tokens, out[("transformers", "dynamic", "eager")]):
+            if not sampled and not torch.equal(tokens, out[("transformers", "dynamic", "eager")]):
                 raise SystemExit(f"error: peer hf: lensgpt's {k[1]} form ({k[2]}) generated other tokens than "
                                  "transformers on the same weights")
-        for _ in tqdm(range(rounds), desc="peer rounds", file=sys.stderr, dynamic_ncols=True):
+            if sampled and peer_top_k and not within_top_k(ours, tokens, peer_top_k):
+                raise SystemExit(f"error: peer hf: {k[0]}" + (f"'s {k[1]} form ({k[2]})" if k[0] == "lensgpt" else "")
+                                 + f" drew a token outside the top {peer_top_k} of the same weights")
+        for _ in tqdm(range(rounds), desc="peer rounds", file=sys.stderr, dynamic_ncols=True, disable=None):
             for k, call in calls.items():
                 ms[k].append(time_ms(call, device_type))
     rows = [PeerRow(engine=e, form=f, mode=m, shape=f"{n_layer}x{n_embd}", vocab_size=vocab_size, batch_size=batch_size,
-                    prompt=peer_prompt, new_tokens=peer_new_tokens, ms_per_token=float(np.median(v)) / peer_new_tokens)
+                    prompt=peer_prompt, new_tokens=peer_new_tokens, ms_per_token=float(np.median(v)) / peer_new_tokens,
+                    decoding=peer_decoding())
             for (e, f, m), v in ms.items()]
     for r in rows:
         r.x_transformers = r.ms_per_token / rows[0].ms_per_token
     return rows
 
 
+def within_top_k(model, tokens, k):
+    """Whether each new token of `tokens` (after peer_prompt) is among the k most likely at its position
+    under model's teacher-forced logits (a forward pass per sequence; a logit within 1e-4 of the k-th
+    counts, so that another engine's float rounding does not flip the order of near ties)."""
+    for seq in tokens.split(1):
+        logits = model(seq[:, :-1], targets=seq[:, 1:])[0][:, peer_prompt - 1:].float()
+        kth = torch.topk(logits, k).values[..., -1]
+        if not (logits.gather(-1, seq[:, peer_prompt:, None]).squeeze(-1) >= kth - 1e-4).all():
+            return False
+    return True
+
+
 def prune(paths):
     """A CheckpointCurve per trained checkpoint: its pruning curve (evaluate.checkpoint_curve), named by
     its run directory."""
     curves = []
-    for path in tqdm(paths, desc="pruning curves", file=sys.stderr, dynamic_ncols=True):
+    for path in tqdm(paths, desc="pruning curves", file=sys.stderr, dynamic_ncols=True, disable=None):
         ck, model, _ = trained_model(path, device)
         dataset = ck["config"]["dataset"]
         points, contrib, _ = checkpoint_curve(model, dataset, eval_batches, eval_batch_size, device, ctx, seed)
@@ -299,28 +340,30 @@ def print_decode(records, names):
     base = {r.context: r for r in records if r.config == "baseline" and r.form == "kv" and r.kv_bits == 16}
     big = max(ctx_lens)
     quantized = len(bits_list) > 1
-    head = f"{'config':<{W}}{'form':<7}{'bits':>5}{'KV B/tok':>10}{'measured':>10}{'x base':>7}"
+    head = f"{'config':<{W}}{'form':<7}{'cache':>9}{'B/tok@' + str(big):>12}{'measured':>10}{'x base':>7}"
     head += "".join(f"{'prefill@' + str(c):>13}" for c in ctx_lens)
     head += "".join(f"{m + '@' + str(c):>16}" for m in mode_list for c in ctx_lens)
     head += "".join(f"{'x base ' + m[:5]:>13}" for m in mode_list)
-    head += "".join(f"{'x 16-bit ' + m[:5]:>15}" for m in mode_list if quantized)
+    head += "".join(f"{'x ' + dtype + ' ' + m[:5]:>18}" for m in mode_list if quantized)
     print("\n" + head)
     for name, form, bits in dict.fromkeys((r.config, r.form, r.kv_bits) for r in records):
         rows = {r.context: r for r in records if (r.config, r.form, r.kv_bits) == (name, form, bits)}
         r0 = rows[big]
         full = next(r for r in records if (r.config, r.form, r.kv_bits, r.context) == (name, form, 16, big))
-        line = (f"{name:<{W}}{form:<7}{bits:>5}{r0.kv_bytes_per_token:>10,.0f}{r0.kv_bytes_per_token_measured:>10,.0f}"
+        line = (f"{name:<{W}}{form:<7}{precision(bits):>9}{r0.kv_bytes_per_token:>12,.0f}"
+                f"{r0.kv_bytes_per_token_measured:>10,.0f}"
                 f"{r0.kv_bytes_per_token / base[big].kv_bytes_per_token:>7.2f}")
         line += "".join(f"{rows[c].prefill_ms:>10.1f} ms" for c in ctx_lens)
         line += "".join(f"{rows[c].decode_ms[m]:>13.2f} ms" for m in mode_list for c in ctx_lens)
         line += "".join(f"{r0.decode_ms[m] / base[big].decode_ms[m]:>12.2f}x" for m in mode_list)
-        line += "".join(f"{r0.decode_ms[m] / full.decode_ms[m]:>14.2f}x" for m in mode_list if quantized)
+        line += "".join(f"{r0.decode_ms[m] / full.decode_ms[m]:>17.2f}x" for m in mode_list if quantized)
         print(line)
-    print(f"KV B/tok: analytic bytes per token at context {big} in {dtype} (all layers; quantized: codes, float16 "
-          f"scale and zero in groups of {kv_group}, the unquantized window of {kv_residual} + a group), measured: "
-          f"bytes the cache holds / (batch x context); ms per decoded token at each context, batch {batch_size}; "
-          f"x base: decode at {big} against the baseline's 16-bit K/V form"
-          + ("; x 16-bit: against the same config and form unquantized" if quantized else ""))
+    print(f"B/tok@{big}: analytic bytes per token of a cache holding {big} tokens, all layers, at the precision of "
+          f"the cache column ({dtype}: {torch.empty((), dtype=ptdtype).element_size()} bytes a value, unquantized; "
+          f"8-bit and 4-bit: codes, float16 scale and zero per group of {kv_group}, and {kv_residual} + a group of "
+          f"newest tokens in {dtype}), measured: bytes the cache holds / (batch x context); ms per decoded token at "
+          f"each context, batch {batch_size}; x base: decode at {big} against the baseline's unquantized K/V form"
+          + (f"; x {dtype}: against the same config and form unquantized" if quantized else ""))
 
 
 def print_throughput(all_rows, names, budget):
@@ -334,26 +377,29 @@ def print_throughput_mode(through, names, budget):
                                           key=lambda t: t.batch_size)
     ref = top_of("baseline", "kv", 16)
     sizes = sorted({t.batch_size for t in through if not t.largest or t.batch_size & (t.batch_size - 1) == 0})
-    print(f"\nthroughput at context {throughput_context}, caches within {budget / 2**30:.1f} GiB "
+    print(f"\nthroughput at context {throughput_context}, caches within {gib(budget)} "
           f"({through[0].mode} decoding), tokens/s:")
-    print(f"{'config':<{W}}{'form':<7}{'bits':>5}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
-          f"{'x 16-bit':>9}" + "".join(f"{'b=' + str(b):>10}" for b in sizes))
+    print(f"{'config':<{W}}{'form':<7}{'cache':>9}{'max batch':>10}{'x base':>7}{'tok/s at max':>13}{'x base':>7}"
+          f"{'x ' + dtype:>11}" + "".join(f"{'b=' + str(b):>10}" for b in sizes))
     for name, form, bits in dict.fromkeys((t.config, t.form, t.kv_bits) for t in through):
         rows = [t for t in through if (t.config, t.form, t.kv_bits) == (name, form, bits)]
         top, full = rows[-1], top_of(name, form, 16)
         per_b = {t.batch_size: t.tokens_per_s for t in rows}
-        print(f"{name:<{W}}{form:<7}{bits:>5}{top.batch_size:>10d}{top.batch_size / ref.batch_size:>7.2f}"
+        print(f"{name:<{W}}{form:<7}{precision(bits):>9}{top.batch_size:>10d}{top.batch_size / ref.batch_size:>7.2f}"
               f"{top.tokens_per_s:>13.1f}{top.tokens_per_s / ref.tokens_per_s:>7.2f}"
-              f"{top.tokens_per_s / full.tokens_per_s:>9.2f}"
+              f"{top.tokens_per_s / full.tokens_per_s:>11.2f}"
               + "".join(f"{per_b[b]:>10.1f}" if b in per_b else f"{'':>10}" for b in sizes))
-    print("max batch: the most sequences whose cache (and a quantized cache's workspace) fits the budget; x base: "
-          "against the baseline's 16-bit K/V form; x 16-bit: tokens/s at max batch against the same config and form "
-          "unquantized")
+    print(f"max batch: the most sequences whose cache at {throughput_context} tokens (and a quantized cache's "
+          f"workspace) fits the budget, {dtype} where unquantized; x base: against the baseline's unquantized K/V "
+          f"form; x {dtype}: tokens/s at max batch against the same config and form unquantized")
 
 
 def print_peer(rows):
     import transformers
-    print(f"\nagainst transformers {transformers.__version__} (greedy generate, same weights, same tokens): "
+    how = "greedy generate, same weights, same tokens" if peer_top_k is None else (
+        f"{peer_decoding()} at temperature 1, transformers' generate(do_sample=True, top_k={peer_top_k}), same weights"
+        + (f", every drawn token within the top {peer_top_k}" if peer_top_k else ""))
+    print(f"\nagainst transformers {transformers.__version__} ({how}): "
           f"{n_layer}x{n_embd}, vocab {vocab_size}, batch {batch_size}, {peer_prompt}-token prompt + "
           f"{peer_new_tokens} new, whole call, median of {rounds} interleaved rounds")
     print(f"{'engine':<14}{'form':<9}{'mode':<10}{'ms/token':>10}{'x transformers':>16}")
@@ -371,7 +417,7 @@ def print_pruning(curves):
             if rows[0].val_acc is not None:
                 print(f"{'':<36}{'  recall acc':<14}" + "".join(f"{p.val_acc:>8.3f}" for p in rows))
     print("val loss (and recall accuracy on the recall set) with attention removed from 0, 1, 2, ... layers; "
-          "KV bytes per token (16-bit, K/V form) fall as (L - k) / L")
+          "KV bytes per token (16 bits: 2 bytes a value, K/V form) fall as (L - k) / L")
 
 
 def print_quant(curves):
@@ -387,7 +433,9 @@ def print_quant(curves):
                   + (f"{q.val_acc:>12.3f}{q.val_acc / f.val_acc if f.val_acc else float('nan'):>9.3f}"
                      if q.val_acc is not None else ""))
     print(f"loss decoding through the cache, teacher-forced, one token per step (group {kv_group}, residual "
-          f"{kv_residual}); B/token: one token's cache bytes at long context, 16 bits at 2 bytes a value")
+          f"{kv_residual}); B/token: the bytes one more token adds to a long context's cache (the per-sequence "
+          f"window of unquantized tokens and padding left out), 16 bits: 2 bytes a value (float16; its loss decodes "
+          f"through the unquantized cache, here in {dtype}), 8 and 4 bits: codes, float16 scale and zero per group")
 
 
 def plot_pruning(curves, path):
@@ -407,7 +455,7 @@ def plot_pruning(curves, path):
             ax.plot([p.kv_bytes_per_token["kv"] for p in rows], [p.val_acc if acc else p.val_loss for p in rows],
                     marker="o", label=f"{c.config} ({ranking})")
     what = "Recall accuracy" if acc else "Validation loss"
-    ax.set_xlabel("KV cache bytes per token (16-bit, K/V form)")
+    ax.set_xlabel("KV cache bytes per token (16 bits: 2 bytes a value, K/V form)")
     ax.set_ylabel(what.lower())
     ax.set_title(f"{what} as attention is pruned layer by layer")
     ax.legend(fontsize=7)
@@ -421,7 +469,9 @@ def main():
     names = ablation_names(configs)  # ratios need the baseline of this run: it comes first
     if peer not in ("", "hf"):
         raise SystemExit(f"error: peer takes 'hf' (Hugging Face transformers) or nothing, got {peer!r}")
-    require((peer_prompt >= 1 and peer_new_tokens >= 1, "peer_prompt and peer_new_tokens must be >= 1"))
+    require((peer_prompt >= 1 and peer_new_tokens >= 1, "peer_prompt and peer_new_tokens must be >= 1"),
+            (peer_top_k is None or type(peer_top_k) is int and peer_top_k >= 0,
+             f"peer_top_k takes a whole number of tokens >= 0 (0: the whole vocabulary), got {peer_top_k!r}"))
     if not names and not ckpt and not peer:
         raise SystemExit("error: nothing to measure: give --configs, --ckpt or --peer")
     paths = sorted({p for part in ckpt.split(",") if part for p in glob.glob(part)})
@@ -439,7 +489,7 @@ def main():
     records = measure(models) if models else []
     through = []
     for name, model, form, bits in tqdm(models if throughput_context else [], desc="throughput", file=sys.stderr,
-                                        dynamic_ncols=True):
+                                        dynamic_ncols=True, disable=None):
         for mode in through_modes:
             through += throughput(name, model, form, bits, budget, mode)
     if records:

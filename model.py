@@ -10,13 +10,14 @@ folded into ONE scaled_dot_product_attention call with every gate on the query s
 [k | q], or ln_1's output x^_j, in which everything a past token contributes is linear (engine.py).
 Block, with the route gate g = sigmoid(route_raw + route_bias):
     a = attn(ln_1(x));  m = mlp(ln_2(x + a), a);  x_next = x + g a + (1 - g) m
-MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), folded through c_proj.
+MLP context: h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)), then c_proj.
 Peers that shrink the cache by retraining: grouped- and multi-query attention (n_kv_head) and cross-layer
 attention (kv_share). Attention the model can give up: placement (attn_layers) and a hard-concrete gate per
 layer held to a budget (attn_budget), whose closed layers are then removed exactly.
 """
 
 import math
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -69,8 +70,15 @@ class GPTConfig:
     # learned placement: one hard-concrete gate per attention layer, the expected number of open gates
     # held to round(attn_budget * attention layers) by a learned Lagrange multiplier (None = off)
     attn_budget: Optional[float] = None
+    # sliding-window attention (Mistral's every layer; Gemma's and Character.AI's local layers): token i attends to
+    # keys j with i - W < j <= i. An int windows every attention layer; a tuple gives each layer its own (0 or None:
+    # global). attn_global_every=k keeps one layer in k global, the first of each group of k (attn_global_last: the
+    # last), window attn_window elsewhere. A windowed layer's cache is a ring of W positions
+    attn_window: Optional[object] = None
+    attn_global_every: int = 0
+    attn_global_last: bool = False
     # False: a separate lm_head, and embeddings at unit scale (nn.Embedding's default, as modded-nanogpt's): at
-    # GPT-2's 0.02 (an output layer's scale) a fresh model stays on the recall probe's plateau (README)
+    # GPT-2's 0.02 (an output layer's scale) a fresh model stays on the recall probe's plateau (docs/results.md)
     tie_embeddings: bool = True
 
     def __post_init__(self):
@@ -120,6 +128,57 @@ class GPTConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.check_windows(has)
+
+    def check_windows(self, has):
+        """ValueError (one line) for a window setting this config cannot take."""
+        w, k = self.attn_window, self.attn_global_every
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
+        if isinstance(w, list):
+            w = self.attn_window = tuple(w)
+        if not (whole(k) and k >= 0):
+            raise ValueError(f"attn_global_every must be a whole number >= 0, got {k!r}")
+        if w is None:
+            if k:
+                raise ValueError(f"attn_global_every={k} needs attn_window (the window of the other layers)")
+            return
+        if isinstance(w, tuple):
+            if k:
+                raise ValueError("attn_global_every needs one attn_window for every local layer, not a per-layer tuple")
+            if len(w) != self.n_layer:
+                raise ValueError(f"attn_window has {len(w)} entries for n_layer={self.n_layer} layers (0 or None: global)")
+            bad = [v for v in w if not (v is None or (whole(v) and v >= 0))]
+            if bad:
+                raise ValueError(f"attn_window entries must be whole numbers >= 1 (0 or None: global), got {bad[0]!r}")
+            lost = [i for i, v in enumerate(w) if v and i not in has]
+            if lost:
+                raise ValueError(f"attn_window gives layer {lost[0]} a window, but it has no attention (attn_layers={self.attn_layers})")
+        elif not (whole(w) and w >= 1):
+            raise ValueError(f"attn_window must be a whole number of tokens >= 1, a per-layer tuple or None, got {w!r}")
+        wins = self.layer_windows
+        big = [v for v in wins if v is not None and v >= self.block_size]
+        if big:
+            raise ValueError(f"attn_window={big[0]} is not below block_size={self.block_size}: such a layer sees its whole "
+                             f"context (global); give it 0 (global) or a window below block_size")
+        for g in range(0, self.n_layer, self.kv_share):
+            group = {wins[i] for i in range(g, min(g + self.kv_share, self.n_layer)) if i in has}
+            if len(group) > 1:
+                raise ValueError(f"kv_share={self.kv_share} groups layers {g}.. with different windows "
+                                 f"({', '.join(str(v or 'global') for v in sorted(group, key=lambda v: v or 0))}): a CLA "
+                                 f"group shares one K/V and so one window")
+
+    @property
+    def layer_windows(self):
+        """Each layer's window W (keys i - W < j <= i), or None for a global layer or one without attention."""
+        w, k, n = self.attn_window, self.attn_global_every, self.n_layer
+        if w is None:
+            return (None,) * n
+        if isinstance(w, (tuple, list)):
+            wins = tuple(v or None for v in w)
+        else:
+            glob = lambda i: k and (i % k == (k - 1 if self.attn_global_last else 0))
+            wins = tuple(None if glob(i) else w for i in range(n))
+        return tuple(v if i in self.attention_layers else None for i, v in enumerate(wins))
 
     @property
     def attention_layers(self):
@@ -138,9 +197,10 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config, owns_kv=True):
+    def __init__(self, config, owns_kv=True, window=None):
         super().__init__()
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.window = window  # None: global; W: keys i - W < j <= i (sliding window)
         self.head_dim = config.n_embd // config.n_head
         self.owns_kv = owns_kv  # False: a CLA layer that uses the K and V of its group's first layer
         kv_dim = self.n_kv_head * self.head_dim
@@ -193,6 +253,8 @@ class CausalSelfAttention(nn.Module):
         # CUDA) need equal widths; on a 2-core CPU the math kernel a narrower V falls to is 1.7x slower (fwd+bwd)
         if W > D:
             v = F.pad(v, (0, W - D))
+        if self.window is not None and q.size(2) > self.window:
+            return banded_attention(qt, kt, v, self.window, dropout_p, 1.0 / math.sqrt(D))[..., :D]
         y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
@@ -228,6 +290,34 @@ class CausalSelfAttention(nn.Module):
             y = self.attend(q, k, v, self.dropout * self.training)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+def band_mask(n, C, W, device):
+    """(n, C, 2C) bool: query r of chunk c (position cC + r) sees key s of [chunk c-1 | chunk c] (position
+    (c-1)C + s) when i - W < j <= i, i.e. r + C - W < s <= r + C; chunk 0's first half is padding."""
+    r, s = torch.arange(C, device=device).view(-1, 1), torch.arange(2 * C, device=device)
+    band = (s <= r + C) & (s > r + C - W)
+    first = band & (s >= C)
+    return torch.cat([first.unsqueeze(0), band.expand(n - 1, C, 2 * C)]) if n > 1 else first.unsqueeze(0)
+
+
+def banded_attention(q, k, v, W, dropout_p=0.0, scale=None):
+    """Causal attention within a sliding window of W, exact, in O(T W): the sequence is cut into chunks of
+    C = W positions, and chunk c's queries attend to the keys of chunks c-1 and c under one band mask. A T x T
+    mask would make SDPA build every score (its math kernel, slower than causal flash attention at any length).
+    q, k, v: (B, H, T, X) (k and v repeated to H heads); T is padded to whole chunks (padded keys come after
+    every real query, so the mask hides them)."""
+    B, H, T, X = q.shape
+    C = W
+    n = -(-T // C)
+    pad = n * C - T
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    # [chunk c-1 | chunk c] for every c, with a chunk of zeros before the first (masked)
+    pair = lambda t: torch.cat([F.pad(t, (0, 0, C, 0))[:, :, :-C].reshape(B * H, n, C, -1),
+                                t.reshape(B * H, n, C, -1)], 2)
+    y = F.scaled_dot_product_attention(q.reshape(B * H, n, C, X), pair(k), pair(v), attn_mask=band_mask(n, C, W, q.device),
+                                       dropout_p=dropout_p, scale=scale)
+    return y.view(B, H, n * C, -1)[:, :, :T]
 
 
 def repeat_kv(t, n_head):
@@ -288,33 +378,19 @@ class MLP(nn.Module):
             self.alpha_raw = nn.Parameter(torch.tensor(float(config.mlp_ctx_alpha_init)))
 
     def forward(self, x, resid=None, g=None):
-        """The MLP's output, times (1 - g) when a route gate g is given. `resid` is the block's
-        residual stream (before, after) attention, whose difference is the attention output a."""
+        """The MLP's output. `resid` is the block's residual stream (before, after) attention, whose difference
+        is the attention output a; `g`, the block's route gate, which the conductor reads. One forward for
+        training and inference (a training-only form that folded alpha and g into c_proj's weights was within
+        2% of this one's step time on a CPU: not worth a second copy to keep equal)."""
         h = F.gelu(self.c_fc(x), approximate=self.approximate)  # "tanh": GPT-2's gelu_new
-        if not self.use_ctx and g is None:
-            return self.dropout(self.c_proj(h))
-        # c_proj is linear, so scalars fold into its weights instead of into [B, T, E] activations:
-        # (1 - g) c_proj((1 - alpha) h + alpha ctx_up(ctx_down(a)))
-        #   = h @ ((1 - g)(1 - alpha) W)^T + ctx_down(a) @ ((1 - g) alpha W W_up)^T + (1 - g) b
-        # an E x R product instead of a hidden-wide context, and no saved copy of the output for g.
-        # ctx_down(a) is taken as ctx_down(after) - ctx_down(before): its backward then needs only
-        # tensors that ln_1 and ln_2 keep anyway, where ctx_down(a) would keep a as well
-        keep = 1.0 if g is None else 1 - g
-        alpha = self.alpha_raw.clamp(0.0, 1.0) if self.use_ctx else 0.0
-        if self.use_ctx and self.conductor:  # a tensor mask, not an `if`: no host sync, one graph
-            alpha = alpha * (g < 0.5).to(alpha.dtype)
-        if not torch.is_grad_enabled():  # inference: few tokens per call, where the weight-sized
-            # products below would cost more than they save; the same function, unfolded
-            if self.use_ctx:
-                ctx = 0.0 if resid is None else self.ctx_up(self.ctx_down(resid[1] - resid[0]))
-                h = (1 - alpha) * h + alpha * ctx
-            return keep * self.dropout(self.c_proj(h))
-        bias = None if self.c_proj.bias is None else keep * self.c_proj.bias
-        y = F.linear(h, (keep * (1 - alpha)) * self.c_proj.weight, bias)
-        if self.use_ctx and resid is not None:  # None when this layer's attention is pruned: a = 0
-            ctx = F.linear(resid[1], self.ctx_down.weight) - F.linear(resid[0], self.ctx_down.weight)
-            y = y + F.linear(ctx, (keep * alpha) * (self.c_proj.weight @ self.ctx_up.weight))
-        return self.dropout(y)
+        if self.use_ctx:
+            alpha = self.alpha_raw.clamp(0.0, 1.0)
+            if self.conductor:  # a tensor mask, not an `if`: no host sync, one graph
+                alpha = alpha * (g < 0.5).to(alpha.dtype)
+            # h = (1 - alpha) gelu(c_fc(x)) + alpha ctx_up(ctx_down(a)); a = 0 where this layer's attention is pruned
+            ctx = 0.0 if resid is None else self.ctx_up(self.ctx_down(resid[1] - resid[0]))
+            h = (1 - alpha) * h + alpha * ctx
+        return self.dropout(self.c_proj(h))
 
 
 # The hard-concrete gate (Louizos et al. 2018): temperature beta and the stretch (gamma, zeta) past [0, 1]
@@ -330,7 +406,7 @@ class Block(nn.Module):
         self.has_attn = layer in config.attention_layers
         if self.has_attn:
             self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-            self.attn = CausalSelfAttention(config, owns_kv)
+            self.attn = CausalSelfAttention(config, owns_kv, config.layer_windows[layer])
         if not config.mlp_disabled:
             self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
             self.mlp = MLP(config, self.has_attn)
@@ -380,12 +456,12 @@ class Block(nn.Module):
         if not hasattr(self, "mlp"):
             return h, kv
         g = self.route_gate() if self.use_route else None
-        m = self.mlp(self.ln_2(h), None if a is None else (x, h), g)  # m is (1 - g) mlp, with a route gate
-        if g is None or a is None:
+        m = self.mlp(self.ln_2(h), None if a is None else (x, h), g)
+        if g is None:
             return h + m, kv
-        # x + g a, as lerp(x, x + a, g): its backward needs x and x + a, which ln_1 and ln_2 keep
-        # anyway, where g * a would keep one more [B, T, E] tensor per block
-        return torch.lerp(x, h, g) + m, kv
+        if a is None:  # attention pruned or absent: the gate still weighs the MLP
+            return x + (1 - g) * m, kv
+        return x + g * a + (1 - g) * m, kv  # the route: x_next = x + g a + (1 - g) m
 
 
 def attends(cfg, i, attn_skip_layers=()):
@@ -426,7 +502,7 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         # The blocks' weights lie in memory as (in, out), GPT-2's Conv1D layout, behind nn.Linear's (out, in) shape:
         # a one-row product (decoding) streams them row by row (124M's decode went from 1.10x to 0.99x transformers'
-        # time, README). Shapes and checkpoints are unchanged; autograd and AdamW keep the layout
+        # time, docs/benchmarks.md). Shapes and checkpoints are unchanged; autograd and AdamW keep the layout
         for m in self.transformer.h.modules():
             if isinstance(m, nn.Linear):
                 m.weight = nn.Parameter(m.weight.detach().t().contiguous().t())
@@ -519,29 +595,36 @@ class GPT(nn.Module):
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 
-    def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv"):
-        """What one token costs in the cache in `form`, summed over layers (engine.kv_bytes_per_token)."""
-        from engine import cache_form, kv_bytes_per_token
-        return kv_bytes_per_token(self.config, cache_form(self.config, form), attn_skip_layers, dtype=dtype)
+    def kv_cache_bytes_per_token(self, dtype=torch.float32, attn_skip_layers=(), form="kv", context=None):
+        """What one token costs in the cache in `form` at `context` tokens (block_size by default), summed over
+        layers (engine.kv_bytes_per_token)."""
+        # __import__, not an import statement, here and below: exports ship this file (export_hf.py), and the
+        # Hub refuses to run code whose import statements name a module that is not installed (engine.py)
+        engine = __import__("engine")
+        return engine.kv_bytes_per_token(self.config, engine.cache_form(self.config, form), attn_skip_layers,
+                                         dtype=dtype, context=context)
 
     @classmethod
     def from_pretrained(cls, name_or_dir, **overrides):
         """OpenAI GPT-2 weights in the Hugging Face layout, from a local directory (config.json and
-        model.safetensors or pytorch_model.bin) or by name through `transformers`. `overrides` add lens
-        mechanisms (from their usual init), dropout or attn_layers (other layers' attention is dropped)."""
-        from checkpoint import hf_gpt2_weights, load_base_weights
-        args, sd = hf_gpt2_weights(name_or_dir)
+        model.safetensors or pytorch_model.bin) or by name through `transformers`; an export_hf.py directory
+        gives its own model exactly. `overrides` add lens mechanisms (from their usual init), dropout or
+        attn_layers (other layers' attention is dropped)."""
+        checkpoint = __import__("checkpoint")  # (not an import statement: kv_cache_bytes_per_token says why)
+        args, sd = checkpoint.hf_gpt2_weights(name_or_dir)
         for k, v in overrides.items():
             if k in args and v != args[k]:
                 raise ValueError(f"{k}={v} does not match the pretrained weights ({k}={args[k]})")
         model = cls(GPTConfig(**{**args, **overrides}))
-        load_base_weights(model, sd)
+        checkpoint.load_base_weights(model, sd)
+        if model.config.attn_window is not None and "attn_window" in overrides:  # its weights read every past token
+            print(f"from_pretrained: {name_or_dir} was trained with global attention; with attn_window="
+                  f"{model.config.attn_window} it is a different model until it is fine-tuned", file=sys.stderr)
         return model
 
     def generate(self, idx, max_new_tokens, **options):
         """idx (b, t) followed by max_new_tokens sampled tokens: engine.generate."""
-        from engine import generate
-        return generate(self, idx, max_new_tokens, **options)
+        return __import__("engine").generate(self, idx, max_new_tokens, **options)  # (kv_cache_bytes_per_token)
 
 
 # The helpers users know by name from model: they live where their job is (analysis.py, engine.py) and
@@ -559,3 +642,7 @@ def __getattr__(name):
     if name not in ELSEWHERE:
         raise AttributeError(f"module 'model' has no attribute {name!r}")
     return getattr(__import__(ELSEWHERE[name]), name)
+
+
+# `from model import *` gives the model's own names and every helper above (loaded then), as a user expects
+__all__ = ["GPTConfig", "GPT", "CausalSelfAttention", "MLP", "Block", "attends", "feeds_group", *ELSEWHERE]

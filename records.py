@@ -129,6 +129,10 @@ class RunRecord:
     attn_gates: Optional[dict] = None  # a budget run's gates: {"p_open": [...], "z": [...]}
     recorded_best_val_loss: Optional[float] = None  # what a record made again replaced
     quant: list = dataclasses.field(default_factory=list)  # QuantPoints: each form at 16, 8 and 4 bits
+    # evaluate.position_eval on the pruning evaluation's batches: the loss at each position of the context,
+    # and on the recall set [right, answers] by distance from a query back to its key's latest occurrence
+    loss_by_position: Optional[list] = None
+    recall_by_distance: Optional[dict] = None
 
     def __post_init__(self):  # records written before attention placement existed: every layer attends
         if self.attn_layers is None:
@@ -225,7 +229,7 @@ class ThroughputRow:
 
 @dataclass
 class PeerRow:
-    """kv_cache_bench --peer: one engine's whole greedy generate call, per new token."""
+    """kv_cache_bench --peer: one engine's whole generate call, per new token."""
     engine: str
     form: str
     mode: str
@@ -236,6 +240,7 @@ class PeerRow:
     new_tokens: int
     ms_per_token: float
     x_transformers: float = 1.0
+    decoding: str = "greedy"  # or "sampled, top_k=K" or "sampled, full vocabulary" (kv_cache_bench --peer_top_k)
 
 
 @dataclass

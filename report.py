@@ -1,10 +1,15 @@
 """
 The report of an ablation study, from the result records in its folder (results/<study>/<config>/seed<N>.json,
 which ablate.py writes): results.json, report.md and the plot of loss (and, for recall, accuracy) against
-KV-cache bytes per token. The README's Results tables are these reports, pasted between markers.
+KV-cache bytes per token at the study's context (its block_size: a windowed layer holds min(T, W) tokens), and
+where the records have them, the loss by position (loss_by_position.png) and recall by distance
+(recall_by_distance.png). The tables of docs/results.md are these reports, pasted between markers, with the
+context sweep (results/context_sweep/report.md and delta_vs_context.png: each route's cost at 64 ... 1024
+tokens), and the README's
+headline table is drawn from the records of results/cpu.
 
-$ python report.py                          # every study in results/, and the README's tables
-$ python report.py --studies=results/cpu --readme=False
+$ python report.py                          # every study in results/, docs/results.md and the README's headline
+$ python report.py --studies=results/cpu --docs=False
 
 Each config is compared with the baseline by Welch's t: the difference of means with its 95% confidence
 interval, and the p-value with Holm's correction across the study's configs. The verdict follows from the
@@ -24,10 +29,11 @@ from records import Study, atomic_write, check_writable, load_run, write_record,
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(ROOT, "README.md")
+RESULTS_MD = os.path.join(ROOT, "docs", "results.md")
 
 # -----------------------------------------------------------------------------
 studies = ""  # comma-separated study folders; '' for every results/*/ with a study.json
-readme = True  # rewrite the README's report blocks from results/
+docs = True  # rewrite docs/results.md's blocks, the README's headline table and results/context_sweep/ from results/
 # -----------------------------------------------------------------------------
 
 
@@ -144,7 +150,9 @@ def summarize(records):
 
 
 RANKINGS = ("greedy", "route_gate", "contribution")  # the pruning orders a record may hold
-SHARES = (0.5, 0.25, 0.125, 0.0625)  # the best-cache tables: shares of the baseline's 16-bit K/V bytes
+# the best-cache tables: shares of the baseline's 16-bit K/V bytes at the study's context, down to the 1/64 that
+# local/global layers with MQA, CLA and 4-bit caches reach
+SHARES = (1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64)
 QUESTIONS = {"reciprocity": "Does reciprocity help?", "discoverability": "Does discoverability help?",
              "lens": "Do reciprocity and discoverability together help?", "full": "Does every mechanism together help?",
              "attn_only": "Can attention-only work?", "route_annealed": "Does an annealed route gate change the loss?",
@@ -159,11 +167,37 @@ QUESTIONS = {"reciprocity": "Does reciprocity help?", "discoverability": "Does d
              "attn_first_layer_reciprocity": "Attention in layer 0 only, with reciprocity?",
              "attn_budget_half": "Learned placement, half the layers?",
              "attn_budget_quarter": "Learned placement, a quarter of the layers?",
-             "route_budget_half": "The route gate made able to close (half the layers)?"}
+             "route_budget_half": "The route gate made able to close (half the layers)?",
+             "swa": "What does a sliding window in every layer (Mistral's) cost?",
+             "swa_mqa": "A sliding window in every layer, multi-query?",
+             "local_global": "One global layer in 4, the first of each 4 (local elsewhere)?",
+             "local_global_last": "One global layer in 4, the last of each 4 (local elsewhere)?",
+             "local_global_last_mqa": "Local/global (global last), multi-query?",
+             "local_global_last_cla": "Local/global (global last), K/V shared across the local layers (CLA)?"}
 
 
 def fmt(v, spec=".4f"):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{spec}}"
+
+
+def nbytes(b):
+    """Bytes per token as the tables print them: whole bytes as they are, a windowed layer's fractions (a ring of W
+    positions over a T-token context) to two places."""
+    return f"{b:,.2f}".rstrip("0").rstrip(".")
+
+
+def share_label(share):
+    """1/2, 1/4, ... 1/64 (of the baseline's bytes)."""
+    return f"1/{1 / share:.3g}" if share < 1 else f"{share:.3g}"
+
+
+def context(records):
+    """The study's context T: every record's block_size, which its bytes per token are taken at (a windowed layer
+    holds min(T, W) tokens); a study mixing contexts is a one-line error."""
+    sizes = sorted({r.model["block_size"] for r in records})
+    if len(sizes) != 1:
+        raise SystemExit(f"error: the study's records mix contexts (block_size {sizes}); a study is one context")
+    return sizes[0]
 
 
 class CachePoint(NamedTuple):
@@ -202,8 +236,8 @@ def cache_points(S, names, measure):
 
 def quant_points(S, names, measure):
     """Every config's whole model, and its greedy half-pruned one where the records have it, decoded through
-    its cache at 16, 8 and 4 bits, as CachePoints (bytes per token at long context: 16 bits at 2 bytes a
-    value; fewer: codes, scale and zero; `pruned`: the layers whose attention is removed)."""
+    its cache at 16, 8 and 4 bits, as CachePoints (bytes per token at the run's context, block_size: 16 bits at 2
+    bytes a value; fewer: codes, scale and zero; `pruned`: the layers whose attention is removed)."""
     return [CachePoint(q["bytes"], *mean_std(q[measure]), f"{n}{' without the greedy half of its attention' * bool(k)} "
                        f"in the {'K/V' if form == 'kv' else 'input'} form at {bits} bits", n, q[measure], form, k, bits)
             for n in names for (form, bits, k), q in sorted(S[n]["quant"].items())]
@@ -211,9 +245,10 @@ def quant_points(S, names, measure):
 
 def pareto_lines(S, names, measure, recall, records):
     """The Pareto of every route the records measured through a cache (form x placement or pruning x
-    GQA/MQA/CLA x bits): a table of every config with quantized-cache records, whole and with the greedy half
-    of its attention pruned, in each form at 16, 8 and 4 bits, the frontier marked, and the headline: the
-    smallest cache within +0.01 nats (or 0.01 accuracy) of the baseline's 16-bit cache, on the same seeds."""
+    GQA/MQA/CLA x windows x bits): a table of every config with quantized-cache records, whole and with the greedy
+    half of its attention pruned, in each form at 16, 8 and 4 bits, the frontier marked, and the headlines: the
+    smallest cache within +0.01 and within +0.02 nats (or accuracy) of the baseline's 16-bit cache, on the same
+    seeds. Bytes per token are at the study's context T (a windowed layer holds min(T, W) tokens)."""
     pts = quant_points(S, names, measure)
     if not any(p.bits != 16 for p in pts) or ("kv", 16, 0) not in S["baseline"]["quant"]:
         return [], []
@@ -223,35 +258,41 @@ def pareto_lines(S, names, measure, recall, records):
     seeds = sorted({len(p.values) for p in pts})
     # keys are quantized a group of G tokens at a time: at a short context most of them are still whole
     rec = next(r for r in records if r.quant)
-    bs, G = rec.model["block_size"], next(q.kv_group for q in rec.quant if q.kv_bits != 16)
+    bs, G = context(records), next(q.kv_group for q in rec.quant if q.kv_bits != 16)
     keys = statistics.mean((t + 1) // G * G / (t + 1) for t in range(bs))
     what = "recall accuracy" if recall else "validation loss"
     lines = ["", f"The Pareto of every route: cache bytes per token against {what} for each config with quantized-"
              f"cache records ({seeds[0]}{'' if len(seeds) == 1 else '-' + str(seeds[-1])} seeds), whole and, where the "
              "records have it, with the greedy half of its attention layers removed (`n layers pruned`), in each cache form, "
              "at 16 bits (2 bytes a value) and through 8- and 4-bit caches (codes, plus float16 scale and zero per "
-             f"group of {G}: bytes per token at long context), teacher-forced one token per step; mean +- std over "
+             f"group of {G}), teacher-forced one token per step; bytes per token of a cache holding the study's {bs} "
+             f"tokens (a windowed layer holds min({bs}, W) of them; per-sequence padding left out); mean +- std over "
              "seeds. `*`: on the Pareto front of these points. The baseline's 16-bit cache on these seeds: "
              f"{ref:.4f}. The input form's `x^` and the K/V form's values are quantized per token, each as soon as "
              f"it is written; keys per channel in groups of {G} tokens, so at this {bs}-token context a query reads "
              f"{keys:.0%} of its keys quantized on average (the K/V form's rows are kinder to it than a long "
              "context would be).", "",
-             f"| config | form | 16-bit B/tok | {what} | 8-bit B/tok | {what} | 4-bit B/tok | {what} |",
+             f"| config | form | 16-bit B/tok at {bs} | {what} | 8-bit B/tok at {bs} | {what} | 4-bit B/tok at {bs} | {what} |",
              "|---|---|---|---|---|---|---|---|"]
-    cell = lambda p: f"{p.bytes:,.0f} | {'*' if id(p) in front else ''}{p.mean:.4f} +- {fmt(p.std)}"
+    cell = lambda p: f"{nbytes(p.bytes)} | {'*' if id(p) in front else ''}{p.mean:.4f} +- {fmt(p.std)}"
     for n in (n for n in names if S[n]["quant"]):
         for k in sorted({p.pruned for p in pts if p.config == n}):
             for form in S[n]["kv"]:
                 by_bits = {p.bits: p for p in pts if p.config == n and p.form == form and p.pruned == k}
                 lines.append(f"| {n}{f', {k} layers pruned' if k else ''} | {'K/V' if form == 'kv' else 'input'} | "
                              + " | ".join(cell(by_bits[b]) if b in by_bits else "- | -" for b in (16, 8, 4)) + " |")
-    close = [p for p in pts if (ref - p.mean if recall else p.mean - ref) <= 0.01]
-    best = min(close, key=lambda p: (p.bytes, p.mean if not recall else -p.mean))
-    answer = (f"- The smallest cache within {'0.01 accuracy' if recall else '+0.01 nats'} of the baseline: {best.label}"
-              f", {best.bytes:,.0f} B/token, {what} "
-              f"{best.mean:.4f} ({best.mean - ref:+.4f}), {best.bytes / gpt2:.3f}x of GPT-2's 16-bit K/V cache "
-              f"(1/{gpt2 / best.bytes:.1f}).")
-    return lines, [answer]
+    answers = []
+    for tol in TOLERANCES:
+        close = [p for p in pts if (ref - p.mean if recall else p.mean - ref) <= tol]
+        best = min(close, key=lambda p: (p.bytes, p.mean if not recall else -p.mean))
+        answers.append(f"- The smallest cache within {f'{tol} accuracy' if recall else f'+{tol} nats'} of the baseline: "
+                       f"{best.label}, {nbytes(best.bytes)} B/token at {bs} tokens, {what} {best.mean:.4f} "
+                       f"({best.mean - ref:+.4f}), {best.bytes / gpt2:.3f}x of GPT-2's 16-bit K/V cache at that context "
+                       f"(1/{gpt2 / best.bytes:.1f}).")
+    return lines, answers
+
+
+TOLERANCES = (0.01, 0.02)  # the Pareto's headlines: the smallest cache within this much of the baseline (issue targets)
 
 
 def pareto(pts, higher_is_better):
@@ -271,11 +312,201 @@ def machines(records):
     return "; ".join(f"{d} ({a}, {c} cores), torch {t}" for d, a, c, t in seen)
 
 
+# ----------------------------------------------------------------------------- long context: windows, positions, distance
+def windows_of(model):
+    """The attention windows of a record's config, from its model dict's attn_window (a whole number for every local
+    layer, or one per layer with 0 or None for a global one), sorted; [] where every layer is global (or the record
+    is from before windows existed)."""
+    w = model.get("attn_window")
+    return sorted({v for v in (w if isinstance(w, list) else [w]) if v}) if w else []
+
+
+def window_label(model):
+    wins = windows_of(model)
+    return "global" if not wins else ", ".join(map(str, wins))
+
+
+def mean_ci(values):
+    """(mean, lo, hi) of a measure over seeds: its 95% interval by Student's t; lo and hi None under two seeds."""
+    m = statistics.mean(values)
+    if len(values) < 2:
+        return m, None, None
+    from scipy.stats import t as student_t
+    half = student_t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def ci_cell(values):
+    """A mean over seeds with its 95% interval where there are two seeds or more."""
+    m, lo, hi = mean_ci(values)
+    return f"{m:.4f}" if lo is None else f"{m:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def contrast(groups):
+    """sum(c * mean(v)) over independent groups [(values, c)], its 95% interval and p by Welch-Satterthwaite (for two
+    groups, +1 and -1, Welch's t itself): how much a config's delta against its own study's baseline changes from
+    one study to another is (config - baseline) there minus (config - baseline) here. None under two values a group."""
+    if any(len(v) < 2 for v, _ in groups):
+        return None
+    from scipy.stats import t as student_t
+    d = sum(c * statistics.mean(v) for v, c in groups)
+    parts = [statistics.variance(v) / len(v) for v, _ in groups]
+    se = math.sqrt(sum(parts))
+    if se == 0:  # identical runs: no interval to compute
+        return {"diff": d, "lo": d, "hi": d, "p": 1.0 if d == 0 else 0.0, "n": tuple(len(v) for v, _ in groups)}
+    df = se ** 4 / sum(q ** 2 / (len(v) - 1) for q, (v, _) in zip(parts, groups))
+    half = student_t.ppf(0.975, df) * se
+    return {"diff": d, "lo": d - half, "hi": d + half, "p": float(2 * student_t.sf(abs(d) / se, df)),
+            "n": tuple(len(v) for v, _ in groups)}
+
+
+def ci_delta(t):
+    return "-" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+
+
+def range_mean(curve, lo, hi):
+    """The mean over positions lo .. hi-1 of a loss-by-position curve, each position weighted alike (positions where
+    nothing is scored left out); None where nothing in the range is scored."""
+    vals = [v for v in curve[lo:hi] if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def position_split(records):
+    """Where the loss-by-position table splits the context: the study's smallest window (up to it a windowed layer
+    sees the whole context, as a global one does; past it, only its last W tokens), or half the context where no
+    config has a window."""
+    wins = [w for r in records for w in windows_of(r.model)]
+    return min(wins) if wins else context(records) // 2
+
+
+def position_lines(records, names):
+    """The loss-by-position table (records with loss_by_position only: older records lack it): each config's mean
+    loss at the positions before the study's window W and from W on, mean +- std over seeds; the loss from W on
+    against the baseline's; and how much the gap to the baseline changes past W, from per-seed differences (after
+    minus before), so that a config that is worse everywhere is not read as losing the far context."""
+    T, W = context(records), position_split(records)
+    seeds = {n: [r for r in records if r.config == n and r.loss_by_position is not None] for n in names}
+    seeds = {n: rs for n, rs in seeds.items() if rs}
+    if not seeds:
+        return [], []
+    split = {n: [(range_mean(r.loss_by_position, 0, W), range_mean(r.loss_by_position, W, T)) for r in rs]
+             for n, rs in seeds.items()}
+    split = {n: [(a, b) for a, b in v if a is not None and b is not None] for n, v in split.items()}
+    split = {n: v for n, v in split.items() if v}  # (a recall set may score nothing on one side of W)
+    if not split:
+        return [], []
+    base = split.get("baseline")
+    lines = ["", f"Loss by position: the validation loss of the prediction made at each position of the {T}-token "
+             f"context (position t has t + 1 tokens of context), averaged over positions 0-{W - 1} (where a window of "
+             f"{W} sees the whole context) and {W}-{T - 1} (where it sees only its last {W} tokens), on the pruning "
+             "evaluation's batches; mean +- std over seeds (the records that have it). Delta: against the baseline "
+             "(Welch's 95% interval). Change past the window: the delta from position "
+             f"{W} on minus the delta before it, from each seed's difference (after minus before), with Welch's "
+             "interval against the baseline's: what the window costs beyond what the config costs everywhere."
+             + ("" if base else " The baseline's records predate this measure: no deltas until it is evaluated again."), "",
+             f"| config | window | seeds | loss 0-{W - 1} | loss {W}-{T - 1} | delta {W}-{T - 1} [95% CI] | "
+             "change past the window [95% CI] |", "|---|---|---|---|---|---|---|"]
+    answers = []
+    for n, v in split.items():
+        before, after = [a for a, _ in v], [b for _, b in v]
+        t_after = welch(after, [b for _, b in base]) if base and n != "baseline" else None
+        t_change = welch([b - a for a, b in v], [b - a for a, b in base]) if base and n != "baseline" else None
+        lines.append(f"| {n} | {window_label(seeds[n][0].model)} | {len(v)} | {mean_std(before)[0]:.4f} +- "
+                     f"{fmt(mean_std(before)[1])} | {mean_std(after)[0]:.4f} +- {fmt(mean_std(after)[1])} | "
+                     f"{ci_delta(t_after)} | {ci_delta(t_change)} |")
+        if t_change is not None and windows_of(seeds[n][0].model):
+            answers.append(f"- Does {n} lose what lies past its window? Its gap to the baseline from position {W} on, "
+                           f"against before it: {verdict(t_change, t_change['p'], p_name='p, uncorrected')}.")
+    return lines, answers
+
+
+DISTANCE_START = 16  # the recall-by-distance table's first bucket is distances 1-15; each next one doubles
+
+
+def distance_edges(T, wins):
+    """The buckets' edges [lo, hi) of the recall-by-distance table: 1, 16, 32, 64, ... up to the context T, and
+    every window (so that a bucket is wholly within a window or wholly beyond it)."""
+    edges, e = {1, T}, DISTANCE_START
+    while e < T:
+        edges.add(e)
+        e *= 2
+    return sorted(edges | {w for w in wins if 1 < w < T})
+
+
+def distance_acc(record, lo, hi):
+    """A record's recall accuracy over the answers whose key lies lo <= d < hi tokens back; None with no answers."""
+    right = answers = 0
+    for d, (r, a) in record.recall_by_distance.items():
+        if lo <= int(d) < hi:
+            right, answers = right + r, answers + a
+    return right / answers if answers else None
+
+
+def distance_lines(records, names):
+    """Recall beyond the window (records with recall_by_distance only): accuracy by the distance from a query back
+    to its key's latest earlier occurrence, in buckets, mean over seeds with its 95% interval; then each windowed
+    config within its window (d < W: the key's position is among the query's last W) and beyond it (d >= W, W its
+    largest window), against the baseline on the same answers."""
+    T = context(records)
+    rs = {n: [r for r in records if r.config == n and r.recall_by_distance is not None] for n in names}
+    rs = {n: v for n, v in rs.items() if v}
+    if not rs:
+        return [], []
+    edges = distance_edges(T, sorted({w for v in rs.values() for w in windows_of(v[0].model)}))
+    buckets = list(zip(edges, edges[1:]))
+    label = lambda lo, hi: f"{lo}" if hi - 1 == lo else f"{lo}-{hi - 1}"
+    first = next(iter(rs.values()))[0]
+    counts = [sum(a for d, (_, a) in first.recall_by_distance.items() if lo <= int(d) < hi) for lo, hi in buckets]
+    lines = ["", "Recall by distance: recall accuracy on the answers whose query's key last occurred d tokens earlier "
+             f"(its pair, or an earlier query of the same key), by d, on the pruning evaluation's batches "
+             f"({', '.join(f'{c:,}' for c in counts)} answers in these buckets, per seed); mean over seeds with its "
+             "95% interval (Student's t) where there are two seeds or more.", "",
+             "| config | window | seeds | " + " | ".join(f"d {label(lo, hi)}" for lo, hi in buckets) + " |",
+             "|---|---|---|" + "---|" * len(buckets)]
+    for n, v in rs.items():
+        cells = []
+        for lo, hi in buckets:
+            accs = [a for a in (distance_acc(r, lo, hi) for r in v) if a is not None]
+            cells.append(ci_cell(accs) if accs else "-")
+        lines.append(f"| {n} | {window_label(v[0].model)} | {len(v)} | " + " | ".join(cells) + " |")
+    windowed = [n for n in rs if windows_of(rs[n][0].model)]
+    answers = []
+    if not windowed:
+        return lines, answers
+    base = rs.get("baseline")
+    lines += ["", "Within and beyond each windowed config's window W (its largest): recall accuracy on the answers "
+              "whose key is among the query's last W tokens (d < W) and on those farther back (d >= W), mean over "
+              "seeds with its 95% interval; the baseline's accuracy on the same answers beyond W, the config's as a "
+              "multiple of it, and the difference with Welch's 95% interval."
+              + ("" if base else " The baseline's records predate this measure: no comparison until it is evaluated again."), "",
+              "| config | window | seeds | within (d < W) | beyond (d >= W) | baseline beyond | x baseline | "
+              "delta beyond [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for n in windowed:
+        W = windows_of(rs[n][0].model)[-1]
+        within = [a for a in (distance_acc(r, 1, W) for r in rs[n]) if a is not None]
+        beyond = [a for a in (distance_acc(r, W, T) for r in rs[n]) if a is not None]
+        ref = [a for a in (distance_acc(r, W, T) for r in base) if a is not None] if base else []
+        if not beyond:
+            lines.append(f"| {n} | {W} | {len(rs[n])} | {ci_cell(within) if within else '-'} | - | - | - | - |")
+            continue
+        ratio = statistics.mean(beyond) / statistics.mean(ref) if ref and statistics.mean(ref) else None
+        t = welch(beyond, ref) if ref else None
+        lines.append(f"| {n} | {W} | {len(rs[n])} | {ci_cell(within) if within else '-'} | {ci_cell(beyond)} | "
+                     f"{ci_cell(ref) if ref else '-'} | {fmt(ratio, '.3f')} | {ci_delta(t)} |")
+        if ref:
+            answers.append(f"- Does {n} keep recall beyond its window of {W}? Accuracy {statistics.mean(beyond):.4f} "
+                           f"against the baseline's {statistics.mean(ref):.4f} on the same answers"
+                           + (f" ({ratio:.3f}x)" if ratio is not None else "")
+                           + f": {verdict(t, t and t['p'], lower_is_better=False, p_name='p, uncorrected')}.")
+    return lines, answers
+
+
 def report(records, study):
     """The report's Markdown lines. Every sentence follows from the numbers in its tables."""
     S, names, recall = summarize(records)
     base = S["baseline"]
     kv0 = base["kv"]["kv"]
+    T = context(records)
     seeds = sorted({S[n]["n"] for n in names})
     n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     lines = ["Commands: " + "; ".join(f"`{c}`" for c in study.commands) + f". Trained on: {machines(records)}.", "",
@@ -283,14 +514,15 @@ def report(records, study):
              f"{base['tokens']:,} training tokens per run. Loss: best validation loss, mean +- std over seeds. "
              "Delta: against the baseline, the difference of means with its 95% confidence interval (Welch's t) "
              "and the p-value with Holm's correction across the configs. KV: cache bytes per token at 16-bit "
-             "precision, in the K/V form and in the input form (exact; `-` where a config cannot use it). Half "
+             f"precision at this study's {T}-token context (a windowed layer holds min({T}, W) tokens), in the K/V "
+             "form and in the input form (exact; `-` where a config cannot use it). Half "
              "pruned: validation loss with attention removed from half of the layers that have it, in the greedy "
              "order (each step removes the layer whose removal costs least on training batches, never on the "
              "reported ones), lowest route gate first, or lowest measured contribution first (`n/a`: a record "
              "made before that order existed)." + (" Recall acc: the share of answers predicted exactly on the "
                                                f"validation set (chance {records[0].chance_accuracy:.4f})." if recall else ""),
              "",
-             "| config | seeds | params | loss | delta [95% CI] | p (Holm) | K/V B/token | input B/token | "
+             f"| config | seeds | params | loss | delta [95% CI] | p (Holm) | K/V B/token at {T} | input B/token at {T} | "
              "half pruned (greedy) | half pruned (gate) | half pruned (contribution) |"
              + (" recall acc | delta acc [95% CI] | p (Holm) | no attention acc |" if recall else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if recall else "")]
@@ -301,7 +533,8 @@ def report(records, study):
     for n in names:
         s = S[n]
         row = (f"| {n} | {s['n']} | {s['params']:,} | {s['loss']:.4f} +- {fmt(s['loss_std'])} | "
-               f"{delta(s.get('test'), s.get('test_p'))} | {s['kv']['kv']:,} | {fmt(s['kv'].get('input'), ',')} | "
+               f"{delta(s.get('test'), s.get('test_p'))} | {nbytes(s['kv']['kv'])} | "
+               f"{nbytes(s['kv']['input']) if 'input' in s['kv'] else '-'} | "
                f"{fmt(s['half_val_loss_greedy'])} | {fmt(s['half_val_loss_route_gate'])} | "
                f"{fmt(s['half_val_loss_contribution'])} |")
         if recall:
@@ -321,25 +554,27 @@ def report(records, study):
     ref = base["curve"][0][measure]  # the baseline with its whole cache, on the same batches as every point
     pts = cache_points(S, names, measure)
     for share in SHARES:
-        budget = int(share * kv0)
+        budget = share * kv0  # at the study's context, as every point's bytes are
         # each config's best way into the budget (a cache form, or pruning), best first
         best = {}
         for p in sorted(pts, key=lambda p: ((-1 if recall else 1) * p[1], p[0])):
-            if p[0] <= budget:
+            if p[0] <= budget * (1 + 1e-9):  # a window's fractional bytes: a rounding error is not over budget
                 best.setdefault(p[4], p)
         rows = sorted(best.values(), key=lambda p: ((-1 if recall else 1) * p[1], p[0]))
         if not rows:
             continue
-        lines += ["", f"Every config's best way to a cache of at most {share}x the baseline's K/V bytes ({budget:,} B/token), "
+        lines += ["", f"Every config's best way to a cache of at most {share_label(share)} of the baseline's K/V bytes "
+                  f"({nbytes(budget)} B/token at {T} tokens), "
                   f"best first: {'recall accuracy' if recall else 'validation loss'} of the final models on the pruning "
                   f"evaluation's batches, against the baseline with its whole cache ({statistics.mean(ref):.4f}), "
                   "Welch's t, p uncorrected.", "",
-                  f"| way | B/token | {'recall acc' if recall else 'loss'} | delta [95% CI] | p |", "|---|---|---|---|---|"]
+                  f"| way | B/token at {T} | {'recall acc' if recall else 'loss'} | delta [95% CI] | p |", "|---|---|---|---|---|"]
         for p in rows:
             t = None if p[5] == ref else welch(p[5], ref)  # the baseline's own row: nothing to compare
-            lines.append(f"| {p[3]} | {p[0]:,} | {p[1]:.4f} +- {fmt(p[2])} | {delta(t, t and t['p'])} |")
+            lines.append(f"| {p[3]} | {nbytes(p[0])} | {p[1]:.4f} +- {fmt(p[2])} | {delta(t, t and t['p'])} |")
         t = welch(rows[0][5], ref)
-        answer = (f"- The best way to at most {share}x the baseline's K/V bytes: {rows[0][3]}, {rows[0][0]:,} B/token, "
+        answer = (f"- The best way to at most {share_label(share)} of the baseline's K/V bytes at {T} tokens: {rows[0][3]}, "
+                  f"{nbytes(rows[0][0])} B/token, "
                   f"{'recall acc' if recall else 'validation loss'} {rows[0][1]:.4f}; against the baseline with its whole "
                   f"cache {verdict(t, t and t['p'], not recall, 'p, uncorrected')}")
         if len(rows) > 1:
@@ -351,6 +586,10 @@ def report(records, study):
     more, headline = pareto_lines(S, names, measure, recall, records)
     lines += more
     answers += headline
+    for section in (position_lines, distance_lines):  # long context: the records that have these measures
+        more, said = section(records, names)
+        lines += more
+        answers += said
     if recall:
         answers.append(f"- With attention removed from every layer, recall accuracy is {min(S[n]['acc_none'] for n in names):.4f}"
                        f" .. {max(S[n]['acc_none'] for n in names):.4f} (chance {records[0].chance_accuracy:.4f}).")
@@ -423,16 +662,31 @@ def discoverability_answer(S, names):
 
 
 # ----------------------------------------------------------------------------- plot
-def plot(records, path, title):
-    """Loss (and recall accuracy) against 16-bit KV bytes per token: every config in each cache form (o K/V,
-    s input), pruned points (x), error bars (std over seeds) and the Pareto front. Labels are a legend, so
-    they never overlap; points at one cache size are spread sideways a little to keep them apart."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files, or None (one line said) where matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    return plt
+
+
+def save(fig, plt, path):
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+    return True
+
+
+
+def plot(records, path, title):
+    """Loss (and recall accuracy) against 16-bit KV bytes per token: every config in each cache form (o K/V,
+    s input), pruned points (x), error bars (std over seeds) and the Pareto front. Labels are a legend, so
+    they never overlap; points at one cache size are spread sideways a little to keep them apart."""
+    plt = pyplot()
+    if plt is None:
         return False
     S, names, recall = summarize(records)
     measures = ["loss", "acc"] if recall else ["loss"]
@@ -463,7 +717,7 @@ def plot(records, path, title):
             front = pareto([p for p in pts if not (zoom and (p.pruned or p.config in far))], measure == "acc")
             ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1,
                     label="Pareto front" if not zoom and measure == "loss" else None)
-            ax.set_xlabel("KV cache bytes per token (16-bit; quantized: codes, scale and zero)")
+            ax.set_xlabel(f"KV cache bytes per token at {context(records)} tokens (16-bit; quantized: codes, scale and zero)")
             ax.set_ylabel(("recall accuracy" if measure == "acc" else "validation loss") + " (final model)")
             ax.set_title("unpruned configs only" + (f" (left out, far from the baseline: {', '.join(far)})" if far else "")
                          if zoom else "every config, cache form and pruned point", fontsize=9)
@@ -472,9 +726,103 @@ def plot(records, path, title):
                title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
-    return True
+    return save(fig, plt, path)
+
+
+POSITION_BINS = 32  # the loss-by-position plot: positions averaged in this many bins
+
+
+def binned(curve, bins):
+    """(bin centres, means) of a per-position curve in `bins` equal bins (positions with nothing scored left out)."""
+    T = len(curve)
+    edges = [round(i * T / bins) for i in range(bins + 1)]
+    xs, ys = [], []
+    for lo, hi in zip(edges, edges[1:]):
+        m = range_mean(curve, lo, hi) if hi > lo else None
+        if m is not None:
+            xs.append((lo + hi - 1) / 2)
+            ys.append(m)
+    return xs, ys
+
+
+def mean_curve(curves):
+    """The per-position mean over seeds' curves (None where no seed scores a position)."""
+    return [None if not [c[t] for c in curves if c[t] is not None] else
+            statistics.mean(c[t] for c in curves if c[t] is not None) for t in range(len(curves[0]))]
+
+
+def plot_positions(records, path, title):
+    """Validation loss by position (binned), a curve per config, mean over seeds, and each config's curve minus the
+    baseline's; dotted lines at the study's windows. Nothing is drawn where no record has loss_by_position."""
+    curves = {}
+    for r in records:
+        if r.loss_by_position is not None:
+            curves.setdefault(r.config, []).append(r.loss_by_position)
+    if not curves:
+        return False
+    plt = pyplot()
+    if plt is None:
+        return False
+    T = context(records)
+    bins = min(POSITION_BINS, T)
+    means = {n: mean_curve(c) for n, c in curves.items()}
+    fig, axes = plt.subplots(1, 2 if "baseline" in means else 1, figsize=(14 if "baseline" in means else 8, 5),
+                             squeeze=False)
+    for n, c in means.items():
+        axes[0][0].plot(*binned(c, bins), marker=".", label=f"{n} ({len(curves[n])} seeds)")
+        if "baseline" in means:
+            diff = [None if a is None or b is None else a - b for a, b in zip(c, means["baseline"])]
+            axes[0][1].plot(*binned(diff, bins), marker=".")
+    for ax in axes[0]:
+        for w in sorted({w for r in records for w in windows_of(r.model)}):
+            ax.axvline(w - 0.5, color="k", ls=":", lw=1)
+        ax.set_xlabel(f"position in the {T}-token context (bins of {T // bins}; dotted: the windows)")
+    axes[0][0].set_ylabel("validation loss (final model)")
+    if "baseline" in means:
+        axes[0][1].axhline(0, color="k", lw=0.5)
+        axes[0][1].set_ylabel("loss minus the baseline's")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8)
+    fig.suptitle(f"{title}: loss by position, mean over seeds", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    return save(fig, plt, path)
+
+
+DISTANCE_BINS = 16  # the recall-by-distance plot: distances 1 .. T-1 in this many bins (0 is never a distance)
+
+
+def plot_distance(records, path, title):
+    """Recall accuracy against the distance back to the query's key (binned), a line per config, mean +- std over
+    seeds; dotted lines at the windows. Nothing is drawn where no record has recall_by_distance."""
+    rs = {}
+    for r in records:
+        if r.recall_by_distance is not None:
+            rs.setdefault(r.config, []).append(r)
+    if not rs:
+        return False
+    plt = pyplot()
+    if plt is None:
+        return False
+    T = context(records)
+    width = max(1, math.ceil(T / DISTANCE_BINS))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for n, v in rs.items():
+        xs, ms, sds = [], [], []
+        for lo in range(0, T, width):  # bins at multiples of the width: a window that is one is a bin's edge
+            accs = [a for a in (distance_acc(r, lo, lo + width) for r in v) if a is not None]
+            if accs:
+                m, sd = mean_std(accs)
+                xs.append(max(lo, 1) + (lo + width - 1 - max(lo, 1)) / 2)
+                ms.append(m)
+                sds.append(0 if math.isnan(sd) else sd)
+        ax.errorbar(xs, ms, yerr=sds, marker="o", ms=3, capsize=2, label=f"{n} ({'window ' * bool(windows_of(v[0].model))}{window_label(v[0].model)})")
+    for w in sorted({w for v in rs.values() for w in windows_of(v[0].model)}):
+        ax.axvline(w - 0.5, color="k", ls=":", lw=1)
+    ax.set_xlabel(f"distance d from the query back to its key (bins of {width}; dotted: the windows, d >= W is beyond)")
+    ax.set_ylabel("recall accuracy (final model)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: recall by distance, mean +- std over seeds", fontsize=10)
+    fig.tight_layout()
+    return save(fig, plt, path)
 
 
 # ----------------------------------------------------------------------------- files
@@ -484,7 +832,8 @@ def study_info(study):
 
 
 def write_study(study):
-    """results.json (every record), report.md and loss_vs_kv.png in the study folder; returns the report's lines."""
+    """results.json (every record), report.md and loss_vs_kv.png in the study folder, and where records have them,
+    loss_by_position.png and recall_by_distance.png; returns the report's lines."""
     records = load_records(study)
     if not records:
         raise SystemExit(f"error: {study} holds no run records")
@@ -493,15 +842,35 @@ def write_study(study):
     write_record(os.path.join(study, "results.json"), records)
     write_text(os.path.join(study, "report.md"), "# Ablation report\n\n" + "\n".join(lines) + "\n")
     plot(records, os.path.join(study, "loss_vs_kv.png"), info.title)
+    plot_positions(records, os.path.join(study, "loss_by_position.png"), info.title)
+    plot_distance(records, os.path.join(study, "recall_by_distance.png"), info.title)
     return lines
 
 
 BLOCK = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- end of report -->)", re.S)
+HEADLINE_BLOCK = re.compile(r"(<!-- headline: (\S+) -->\n)(.*?)(<!-- end of headline -->)", re.S)
+# The README's headline table: (what it is, config, cache form, attention pruned from half the layers, bits),
+# the routes to a smaller cache that answer the repo's question, each on the records of one study
+HEADLINE = [("the baseline (GPT-2's architecture)", "baseline", "kv", False, 16),
+            ("lens attention (reciprocity + discoverability)", "lens", "kv", False, 16),
+            ("lens + route gate + MLP context (`full`)", "full", "kv", False, 16),
+            ("the baseline, input-form cache (no retraining)", "baseline", "input", False, 16),
+            ("the baseline, attention removed from half the layers after training", "baseline", "input", True, 16),
+            ("attention in the first half of the layers, from step 0", "attn_first_half", "input", False, 16),
+            ("cross-layer K/V sharing (CLA)", "cla", "input", False, 16),
+            ("attention in the first half, multi-query", "attn_first_half_mqa", "kv", False, 16),
+            ("multi-query attention (MQA), 4-bit cache", "mqa", "kv", False, 4),
+            ("attention in layer 0 only, multi-query", "attn_first_layer_mqa", "kv", False, 16)]
 
 
-def readme_blocks(text):
-    """{study folder: the text between its markers} for every study the README shows."""
+def report_blocks(text):
+    """{study folder: the text between its markers} for every study a page shows (docs/results.md)."""
     return {m.group(2): m.group(3) for m in BLOCK.finditer(text)}
+
+
+def headline_blocks(text):
+    """{study folder: the text between its headline markers} (the README's headline table)."""
+    return {m.group(2): m.group(3) for m in HEADLINE_BLOCK.finditer(text)}
 
 
 def block_text(study):
@@ -509,12 +878,196 @@ def block_text(study):
     return "\n".join(report(load_records(folder), study_info(folder))) + "\n"
 
 
-def update_readme(path=README):
+def headline_text(study):
+    """The README's headline table from a study's records: each HEADLINE row's cache bytes per token and
+    validation loss of the final models on the pruning evaluation's batches (mean over seeds), against
+    the baseline with its whole 16-bit K/V cache on the same batches (Welch's 95% interval)."""
+    folder = os.path.join(ROOT, study)
+    records = load_records(folder)
+    S, names, _ = summarize(records)
+    gpt2, T = S["baseline"]["kv"]["kv"], context(records)
+    rows, seeds = [], set()
+    for label, n, form, half, bits in HEADLINE:
+        if n not in S or form not in S[n]["kv"]:
+            continue
+        s = S[n]
+        if bits != 16:  # through a quantized cache: against the baseline's 16-bit cache on the same seeds' batches
+            q, ref = s["quant"].get((form, bits, 0)), S["baseline"]["quant"].get(("kv", 16, 0))
+            if q is None or ref is None:
+                continue
+            size, values, ref = q["bytes"], q["loss"], ref["loss"]
+        elif half:  # the pruning curve's half point, in the config's best honest order
+            p = next((p for p in s["curve"] if p["k"] == len(s["attn_layers"][0]) // 2), None)
+            if p is None:
+                continue
+            size, values, ref = p["kv"][form], p["loss"], S["baseline"]["curve"][0]["loss"]
+            label += f" ({s['ranking']} order)"
+        else:
+            size, values, ref = s["kv"][form], s["curve"][0]["loss"], S["baseline"]["curve"][0]["loss"]
+        seeds.add(len(values))
+        if (n, form, half, bits) == ("baseline", "kv", False, 16):
+            delta = "-"
+        elif values == ref:  # the same runs through an exact cache form: the same model, nothing to test
+            delta = "0 (exact: the same model)"
+        else:
+            t = welch(values, ref)
+            delta = f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+        share = f"{size / gpt2:.3g}x" if size >= gpt2 else f"1/{gpt2 / size:.3g}"
+        rows.append(f"| {label} | {'K/V' if form == 'kv' else 'input'}, {bits}-bit | {nbytes(size)} | {share} | "
+                    f"{statistics.mean(values):.4f} | {delta} |")
+    n_seeds = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}"
+    lines = [f"{study_info(folder).title}, {n_seeds} seeds a row, trained on {machines(records)}. Loss: validation "
+             "loss of the final models (mean over seeds), all on the same validation batches. Delta: against GPT-2 "
+             f"with its whole 16-bit K/V cache, with Welch's 95% interval. B/token: cache bytes per token at the study's "
+             f"{T}-token context (4-bit: codes, scale and zero). Drawn by `python report.py` from the records in `{study}/`.",
+             "", f"| model | cache | B/token at {T} | x GPT-2's | loss | delta [95% CI] |", "|---|---|---|---|---|---|"]
+    return "\n".join(lines + rows) + "\n"
+
+
+# ----------------------------------------------------------------------------- the context sweep
+# One scale family (config/cpu.py's model, 2000 iterations) at each context, a study per block_size: how each route's
+# cost grows with context. A study not made yet is left out
+SWEEP = ("results/cpu", "results/cpu_block256", "results/cpu_long", "results/cpu_long_block1024")
+SWEEP_DIR = os.path.join(ROOT, "results", "context_sweep")  # no study.json: not a study
+SWEEP_MD, SWEEP_PNG = os.path.join(SWEEP_DIR, "report.md"), os.path.join(SWEEP_DIR, "delta_vs_context.png")
+SWEEP_BLOCK = re.compile(r"(<!-- (context sweep) -->\n)(.*?)(<!-- end of context sweep -->)", re.S)
+
+
+def sweep_studies(folders=SWEEP):
+    """([(T, folder, S)] by context: each of the sweep's studies that has records, summarized as its report does
+    (every config tested against its own baseline); [the studies left out, with why])."""
+    found, left = [], []
+    for folder in folders:
+        path = os.path.join(ROOT, folder)
+        if not os.path.isfile(os.path.join(path, "study.json")):
+            continue  # not made yet
+        records = load_records(path)
+        if not any(r.config == "baseline" for r in records):
+            left.append(f"`{folder}` (no baseline records yet)")
+            continue
+        found.append((context(records), folder, summarize(records)[0]))
+    found.sort(key=lambda f: f[0])
+    same = [a[1:2] + b[1:2] for a, b in zip(found, found[1:]) if a[0] == b[0]]
+    if same:
+        raise SystemExit(f"error: the context sweep has two studies at one context ({same[0][0]}, {same[0][1]})")
+    return found, left
+
+
+def sweep_configs(found):
+    """The configs (baseline aside) that two or more of the sweep's studies ran, in the ablation order."""
+    order = {n: i for i, n in enumerate(ablation_names("all"))}
+    names = {n for _, _, S in found for n in S if n != "baseline"}
+    return sorted((n for n in names if sum(n in S for _, _, S in found) >= 2), key=lambda n: (order.get(n, len(order)), n))
+
+
+def cache_share(S, n):
+    """A config's 16-bit cache in each form as a share of its study's baseline K/V bytes (both at that context)."""
+    kv0 = S["baseline"]["kv"]["kv"]
+    share = lambda b: f"{b / kv0:.3g}x" if b >= kv0 else f"1/{kv0 / b:.3g}"
+    return ", ".join(f"{'K/V' if f == 'kv' else 'input'} {share(b)}" for f, b in S[n]["kv"].items())
+
+
+def growth(t):
+    """How a config's delta changed from the shortest context to the longest, from contrast()."""
+    if t is None:
+        return "not tested (fewer than 2 seeds on a side)"
+    ci = f"95% CI [{t['lo']:+.4f}, {t['hi']:+.4f}], Welch-Satterthwaite p={t['p']:.2g}"
+    if t["lo"] > 0 or t["hi"] < 0:
+        return f"{'grows' if t['diff'] > 0 else 'shrinks'} by {abs(t['diff']):.4f} ({ci})"
+    return f"no change detected ({t['diff']:+.4f}, {ci})"
+
+
+def context_sweep_lines(folders=SWEEP):
+    """The context sweep's Markdown lines: each config's delta against its own study's baseline at each context,
+    its cache share at that context, and how its delta changed from the shortest context it ran to the longest."""
+    found, left = sweep_studies(folders)
+    if not found:
+        return ["No study of the context sweep has records yet (" + ", ".join(f"`{f}`" for f in folders) + ")."]
+    names = sweep_configs(found)
+    head = "| config | " + " | ".join(f"{T} tokens" for T, _, _ in found) + " |"
+    rule = "|---|" + "---|" * len(found)
+    lines = ["The context sweep: one scale family at each context, "
+             + ", ".join(f"`{f}` at {T} tokens" for T, f, _ in found)
+             + (f" (left out: {', '.join(left)})" if left else "") + ". Delta: each config's best validation loss "
+             "against its own study's baseline, the difference of means with its 95% interval (Welch's t; seeds n vs "
+             "n); `-` where a study did not run the config. Cache: the config's 16-bit cache in each form as a share of "
+             "the baseline's K/V bytes, both at that context (a windowed layer holds min(T, W) tokens: its share "
+             "falls as T grows). Configs that two or more of these studies ran. Drawn by `python report.py` from the "
+             "records in those folders.", "", head, rule,
+             "| baseline: loss | " + " | ".join(f"{S['baseline']['loss']:.4f} +- {fmt(S['baseline']['loss_std'])} "
+                                               f"({S['baseline']['n']} seeds)" for _, _, S in found) + " |",
+             "| baseline: training tokens per run | " + " | ".join(f"{S['baseline']['tokens']:,}" for _, _, S in found) + " |"]
+    for n in names:
+        cells = []
+        for _, _, S in found:
+            if n not in S:
+                cells.append("-")
+            elif S[n]["test"] is None:
+                cells.append(f"{S[n]['loss'] - S['baseline']['loss']:+.4f} ({S[n]['n']} vs {S['baseline']['n']}: not tested)")
+            else:
+                cells.append(f"{ci_delta(S[n]['test'])} ({S[n]['n']} vs {S['baseline']['n']})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Cache at each context, 16-bit, as a share of the baseline's K/V bytes at that context:", "",
+              head, rule, "| baseline: K/V B/token | " + " | ".join(nbytes(S["baseline"]["kv"]["kv"]) for _, _, S in found) + " |"]
+    lines += [f"| {n} | " + " | ".join(cache_share(S, n) if n in S else "-" for _, _, S in found) + " |" for n in names]
+    lines += ["", "How each route's cost grows with context, from the shortest context it ran to the longest: the change "
+              "of its delta, (config - baseline) at the longer minus (config - baseline) at the shorter, with its 95% "
+              "interval (Welch-Satterthwaite over the four independent sets of seeds).", ""]
+    for n in names:
+        ran = [f for f in found if n in f[2]]
+        (T0, _, S0), (T1, _, S1) = ran[0], ran[-1]
+        t = contrast([(S1[n]["losses"], 1), (S1["baseline"]["losses"], -1), (S0[n]["losses"], -1),
+                      (S0["baseline"]["losses"], 1)])
+        lines.append(f"- {n}: {S0[n]['loss'] - S0['baseline']['loss']:+.4f} at {T0} tokens ({cache_share(S0, n)}), "
+                     f"{S1[n]['loss'] - S1['baseline']['loss']:+.4f} at {T1} tokens ({cache_share(S1, n)}): its cost "
+                     f"{growth(t)}.")
+    return lines
+
+
+def context_sweep_text(_=None, folders=SWEEP):
+    return "\n".join(context_sweep_lines(folders)) + "\n"
+
+
+def plot_context_sweep(path, folders=SWEEP):
+    """Each config's delta against its own study's baseline (95% interval) against the context, and its K/V cache
+    share at that context, one line per config. Nothing is drawn with fewer than two studies."""
+    found, _ = sweep_studies(folders)
+    if len(found) < 2:
+        return False
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for n in sweep_configs(found):
+        at = [(T, S) for T, _, S in found if n in S]
+        d = [S[n]["loss"] - S["baseline"]["loss"] for _, S in at]
+        err = [[0 if S[n]["test"] is None else S[n]["test"]["diff"] - S[n]["test"]["lo"] for _, S in at],
+               [0 if S[n]["test"] is None else S[n]["test"]["hi"] - S[n]["test"]["diff"] for _, S in at]]
+        line = left.errorbar([T for T, _ in at], d, yerr=err, marker="o", capsize=3, label=n)
+        right.plot([T for T, _ in at], [S[n]["kv"]["kv"] / S["baseline"]["kv"]["kv"] for _, S in at], marker="o",
+                   color=line[0].get_color())
+    contexts = [T for T, _, _ in found]
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [str(T) for T in contexts])
+        ax.set_xlabel("context (block_size, tokens)")
+    left.axhline(0, color="k", lw=0.5)
+    left.set_ylabel("best validation loss minus its study's baseline (95% CI)")
+    right.set_yscale("log", base=2)
+    right.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"1/{1 / v:.3g}" if v < 1 else f"{v:.3g}"))
+    right.set_ylabel("16-bit K/V cache bytes / the baseline's, at that context")
+    fig.legend(*left.get_legend_handles_labels(), loc="center right", fontsize=8)
+    fig.suptitle("The context sweep: " + ", ".join(f"{f} ({T})" for T, f, _ in found), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    return save(fig, plt, path)
+
+
+def update_blocks(path, pattern, text_of):
+    """Rewrite the text between each of a page's markers; returns the study folders rewritten."""
     with open(path) as f:
         text = f.read()
-    new = BLOCK.sub(lambda m: m.group(1) + block_text(m.group(2)) + m.group(4), text)
-    write_text(path, new)
-    return sorted(readme_blocks(text))
+    write_text(path, pattern.sub(lambda m: m.group(1) + text_of(m.group(2)) + m.group(4), text))
+    return sorted(m.group(2) for m in pattern.finditer(text))
 
 
 def main():
@@ -524,13 +1077,23 @@ def main():
         if not os.path.isfile(os.path.join(study, "study.json")):
             raise SystemExit(f"error: {study} is not a study folder (no study.json)")
         check_writable(study, "studies")
-    if readme:
-        check_writable(README, "README", is_dir=False)
+    if docs:
+        check_writable(RESULTS_MD, "docs", is_dir=False)
+        check_writable(README, "docs", is_dir=False)
+        check_writable(SWEEP_DIR, "docs")
     for study in folders:
         print("\n".join(write_study(study)))
         print(f"wrote {study}/results.json, report.md, loss_vs_kv.png\n")
-    if readme:
-        print(f"README.md: report blocks for {', '.join(update_readme()) or 'no study'} rewritten")
+    if docs:
+        done = update_blocks(RESULTS_MD, BLOCK, block_text)
+        print(f"docs/results.md: report blocks for {', '.join(done) or 'no study'} rewritten")
+        done = update_blocks(README, HEADLINE_BLOCK, headline_text)
+        print(f"README.md: headline table from {', '.join(done) or 'no study'} rewritten")
+        write_text(SWEEP_MD, "# Context sweep\n\n" + context_sweep_text())
+        drawn = plot_context_sweep(SWEEP_PNG)
+        done = update_blocks(RESULTS_MD, SWEEP_BLOCK, context_sweep_text)
+        print(f"wrote results/context_sweep/report.md{', delta_vs_context.png' if drawn else ''}; docs/results.md: "
+              f"{'context sweep block rewritten' if done else 'no context sweep block'}")
 
 
 if __name__ == "__main__":

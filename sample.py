@@ -5,6 +5,7 @@ $ python sample.py --out_dir=out-ablation_full
 $ python sample.py --out_dir=out-ablation_full --start="ROMEO:" --attn_skip_layers="(2,3)"
 $ python sample.py --out_dir=out-ablation_full --kv_cache=kv --compile=True
 $ python sample.py --out_dir=out-ablation_full --kv_bits=4 --kv_group=32 --kv_residual=16   # a quantized cache
+$ python sample.py --out_dir=out-ablation_full --top_k=0 --top_p=0.9   # nucleus sampling over the whole vocabulary
 $ python sample.py --init_from=gpt2 --start=FILE:prompt.txt     # needs `pip install transformers`
 """
 import codecs
@@ -18,7 +19,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure, die, require, setup_device
 from evaluate import dataset_meta
 from analysis import analyze_attn_gates, remove_closed_attention
-from engine import cache_form, check_quant, generate_stream
+from engine import cache_form, check_quant, compiled_decode_step, generate_stream
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -29,6 +30,7 @@ num_samples = 3
 max_new_tokens = 500
 temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = greedy
 top_k = 200  # keep only the top_k most likely tokens; 0 keeps all
+top_p = 1.0  # then keep the most likely tokens whose probability reaches top_p (nucleus sampling); 1.0 keeps all
 seed = 1337
 device = None  # None: cuda, then mps, then cpu
 dtype = None  # None: bfloat16 where supported on CUDA (else float16), float32 elsewhere
@@ -41,7 +43,8 @@ kv_residual = 0  # the newest tokens kept unquantized (KIVI keeps 128)
 # -----------------------------------------------------------------------------
 configure(globals(), sys.argv[1:])
 require((num_samples >= 1 and max_new_tokens >= 0, "num_samples must be >= 1 and max_new_tokens >= 0"),
-        (temperature >= 0 and top_k >= 0, f"temperature and top_k must be >= 0, got {temperature} and {top_k}"))
+        (temperature >= 0 and top_k >= 0, f"temperature and top_k must be >= 0, got {temperature} and {top_k}"),
+        (0 < top_p <= 1, f"top_p must be in (0, 1] (1 keeps every token), got {top_p}"))
 
 
 device, device_type, dtype, ptdtype, ctx = setup_device(device, dtype)
@@ -62,6 +65,9 @@ else:
         model = GPT.from_pretrained(init_from)
     except (OSError, ValueError) as e:
         die(f"cannot load {init_from}: {e}")
+    if model.config.vocab_size < 50257:  # (a character-level export: GPT-2's BPE below would index past it)
+        die(f"{init_from} has {model.config.vocab_size} tokens, fewer than GPT-2's 50257: sample a character-level "
+            f"model from its checkpoint (--out_dir)")
 bad = [i for i in attn_skip_layers if not (isinstance(i, int) and 0 <= i < model.config.n_layer)]
 if bad:
     die(f"attn_skip_layers {bad} are not layers of this {model.config.n_layer}-layer model")
@@ -119,19 +125,37 @@ if len(ids) > model.config.block_size:
     ids = ids[-model.config.block_size:]
 x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
 
+
+def graphs():
+    """Graphs torch.compile has built so far: a step during which this grows compiled (and is not timed)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"] if compile else 0
+
+
+if compile:  # torch.compile's wrapper, and the seconds of imports it takes, before any timing
+    compiled_decode_step(device_type)
+
+
 top_k = top_k or None
 for k in range(num_samples):
     dec = make_decoder()
     sys.stdout.write(dec(ids))
-    t0, n = time.perf_counter(), 0
+    n, seen, compiled, compiling = 0, graphs(), 0, 0.0
+    t0 = last = time.perf_counter()
     with ctx:
-        for tok in generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k,
+        for tok in generate_stream(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                    kv_cache=kv_cache, attn_skip_layers=attn_skip_layers, compile=compile,
                                    kv_bits=kv_bits, kv_group=kv_group, kv_residual=kv_residual):
             sys.stdout.write(dec(tok[0].tolist()))
             sys.stdout.flush()
-            n += 1
-    dt = time.perf_counter() - t0
-    print(f"\n---------------  [{n} tokens in {dt:.2f}s, {n / dt:.1f} tokens/s, "
-          f"kv_cache={kv_cache}" + (f", {kv_bits}-bit, group {kv_group}, residual {kv_residual}" if kv_bits != 16
-                                    else "") + "]", flush=True)
+            now = time.perf_counter()
+            if graphs() == seen:
+                n += 1
+            else:  # this step compiled the decode step (the first compiled step of a run): not decoding speed
+                seen, compiled, compiling = graphs(), compiled + 1, compiling + now - last
+            last = now
+    dt = time.perf_counter() - t0 - compiling
+    speed = f"{n} tokens in {dt:.2f}s" + (f", {n / dt:.1f} tokens/s" if n else "")
+    if compiled:
+        speed += f"; left out: {compiled} step{'s' * (compiled > 1)} compiling the decode step, {compiling:.1f}s"
+    print(f"\n---------------  [{speed}; kv_cache={kv_cache}"
+          + (f", {kv_bits}-bit, group {kv_group}, residual {kv_residual}" if kv_bits != 16 else "") + "]", flush=True)

@@ -6,6 +6,8 @@ $ python train.py config/ablation_full.py config/cpu.py        # the same ablati
 $ python train.py config/ablation_lens.py --max_iters=1000 --device=cpu
 $ torchrun --standalone --nproc_per_node=8 train.py config/ablation_full.py config/gpt2_124m.py
 
+$ python train.py --out_dir=out-ablation_full --init_from=resume   # go on from its checkpoint, as it was
+
 Every source of randomness (batches, dropout) is a function of (seed, iteration, micro-step), so a
 resumed run continues exactly where the interrupted one was, on any number of processes.
 """
@@ -13,6 +15,7 @@ import fcntl
 import hashlib
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -77,6 +80,9 @@ attn_gate_lr_scale = 50.0  # the gates' and the budget multipliers' learning rat
 attn_budget_warmup_iter = 500  # the budget's target falls from every layer to its share over these iterations (the first 10%)
 attn_gate_fix_iter = 1000  # from here on the gates are fixed to 0/1 (the last 80%), so the model trains on with what it keeps
 tie_embeddings = True  # False: separate lm_head, unit-scale embeddings (config/recall.py)
+attn_window = None  # sliding window W: keys i - W < j <= i; an int for every attention layer, a tuple per layer (0: global)
+attn_global_every = 0  # k: one layer in k keeps global attention (the first of each k, or the last), window elsewhere
+attn_global_last = False
 # AdamW
 learning_rate = 1e-3
 max_iters = 5000
@@ -97,14 +103,58 @@ compile = None  # None: on for CUDA only
 # -----------------------------------------------------------------------------
 # a run that changes max_iters keeps its schedule in place: decay and annealing window scale with it
 FOLLOW_MAX_ITERS = ("lr_decay_iters", "route_anneal_start", "route_anneal_end", "attn_budget_warmup_iter", "attn_gate_fix_iter")
-config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": FOLLOW_MAX_ITERS})
+given = set()  # the settings this command's config files and command line set
+config_keys = configure(globals(), sys.argv[1:], follow={"max_iters": FOLLOW_MAX_ITERS}, given=given)
 command_line = {a[2:].partition("=")[0] for a in sys.argv[1:] if a.startswith("--")}  # what this command sets
-config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
 model_keys = [f.name for f in fields(GPTConfig)]
 # every GPTConfig field is a setting here (vocab_size comes from the dataset): a new field without one
 # would otherwise be dropped from model_args without a word
-assert all(k in config for k in model_keys if k != "vocab_size"), \
-    f"train.py has no setting for {[k for k in model_keys if k not in config and k != 'vocab_size']}"
+assert all(k in config_keys for k in model_keys if k != "vocab_size"), \
+    f"train.py has no setting for {[k for k in model_keys if k not in config_keys and k != 'vocab_size']}"
+
+# -------------------------------------------------------------------- resume: the run as it was
+# As in nanoGPT, `python train.py --out_dir=DIR --init_from=resume` is the whole command: every setting that
+# this command leaves unset is the checkpoint's (the architecture, the data, the schedule, the batch), so the
+# run goes on exactly. A setting it does set wins (a larger max_iters extends the run), except where it
+# contradicts what the weights are, the model and the dataset: all such settings are refused in one line.
+# What a config derives from max_iters (the decay, the annealing window) stays the checkpoint's unless the
+# command line itself sets it, so an extended run's schedule goes on where it was.
+NOT_RESUMED = ("out_dir", "init_from", "eval_only")  # this command's own, whatever the checkpoint's run did
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+checkpoint = None
+if init_from == "resume":
+    checkpoint = load_checkpoint(ckpt_path)  # on the CPU: the model and the optimizer state move to the device below
+    try:
+        have = GPTConfig(**model_args_of(checkpoint))
+    except (TypeError, ValueError) as e:
+        die(f"{ckpt_path} has model_args this version cannot build: {e}")
+    # model_args are what the weights are (the shape of a run that started from GPT-2, not its config's)
+    trained = {**checkpoint["config"], **{k: v for k, v in model_args_of(checkpoint).items() if k != "vocab_size"}}
+    chosen = {k for k in given if k not in FOLLOW_MAX_ITERS or k in command_line}
+
+    def was(k):
+        return trained.get(k) if k == "dataset" else getattr(have, k)
+
+    def same(k, v):
+        """Whether setting k = v describes the checkpoint's model (n_kv_head=None is n_head, ...)."""
+        if k == "dataset":
+            return v == was(k)
+        try:
+            return getattr(GPTConfig(**{**{f: getattr(have, f) for f in model_keys}, k: v}), k) == was(k)
+        except (TypeError, ValueError):
+            return False
+
+    pinned = [k for k in model_keys if k not in ("dropout", "vocab_size")] + ["dataset"]
+    bad = [k for k in pinned if k in chosen and not same(k, globals()[k])]
+    if bad:
+        them = "it" if len(bad) == 1 else "them"
+        die(f"{ckpt_path} was trained with {', '.join(f'{k}={was(k)!r}' for k in bad)} but the config says "
+            f"{', '.join(f'{k}={globals()[k]!r}' for k in bad)}; resuming takes {them} from the checkpoint: "
+            f"leave {them} out")
+    for k in config_keys:
+        if k not in chosen and k not in NOT_RESUMED and k in trained:
+            globals()[k] = trained[k]
+config = {k: globals()[k] for k in config_keys}  # saved in checkpoints and sent to wandb
 
 
 # every setting with a range is checked before any work starts (the model's own are GPTConfig's)
@@ -160,6 +210,39 @@ if master:
     lock_file.flush()
     print(f"tokens per iteration: {tokens_per_iter:,}")
 
+# -------------------------------------------------------------------- signals
+# Ctrl-C (SIGINT), and what schedulers send before SIGKILL (SIGTERM: SLURM, Kubernetes, timeout; SIGUSR1:
+# SLURM's --signal), answer at once and set a flag; the loop, and an evaluation under way, stop at the next
+# batch, where the state is whole, save it and exit 128 + the signal's number. A second Ctrl-C stops at
+# once, and so does any of them before the first iteration: what was saved stays as it was (saves are
+# atomic), nothing is written, one line says so. The messages go through os.write: a print inside a
+# handler could land inside a print the loop was making.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+stop_signal = 0  # the number of the signal that asked to stop, 0 for none
+training = False  # True from the first iteration on: before it there is nothing to save
+last_saved = None  # the iteration of the last checkpoint this run wrote (or resumed from)
+newline = "\n" if sys.stderr.isatty() else ""  # past the ^C that a terminal echoes
+
+
+def on_signal(signum, frame):
+    global stop_signal
+    name = signal.Signals(signum).name
+    if not training or (stop_signal and signum == signal.SIGINT):
+        where = f"at iteration {iter_num}" if training else "before training"
+        kept = "nothing was saved" if last_saved is None else f"{ckpt_path} (iteration {last_saved}) is as it was"
+        os.write(2, f"{newline}stopped ({name}) {where}: {kept}\n".encode())
+        raise SystemExit(128 + signum)
+    if not stop_signal:
+        stop_signal = signum
+        if master:
+            what = ("stopping after this iteration; Ctrl-C again to stop now" if signum == signal.SIGINT
+                    else f"{name}: stopping after this iteration")
+            os.write(2, f"{newline}{what}\n".encode())
+
+
+for signum in STOP_SIGNALS:
+    signal.signal(signum, on_signal)
+
 # -------------------------------------------------------------------- data
 data_dir = dataset_dir(dataset)
 meta = dataset_meta(dataset)
@@ -200,8 +283,6 @@ iter_num, best_val_loss = 0, 1e9
 history = []  # every evaluation of this run (resumed runs included): iteration, losses, accuracy
 model_args = {k: globals()[k] for k in model_keys if k in globals()}
 model_args["vocab_size"] = meta_vocab_size or 50304
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
-checkpoint = None
 torch.manual_seed(seed)  # the initial weights
 if init_from == "scratch":
     try:
@@ -209,25 +290,13 @@ if init_from == "scratch":
     except (TypeError, ValueError) as e:
         die(f"bad model settings: {e}")
 elif init_from == "resume":
-    checkpoint = load_checkpoint(ckpt_path, map_location=device)
-    # extending a run (a larger max_iters): what a config derives from max_iters keeps the checkpoint's
-    # value unless this command line sets it, so the schedule goes on where it was
-    for k in FOLLOW_MAX_ITERS:
-        if k not in command_line and k in checkpoint["config"]:
-            globals()[k] = config[k] = checkpoint["config"][k]
-            if k in model_args:
-                model_args[k] = config[k]
-    try:
-        have, want = GPTConfig(**model_args_of(checkpoint)), GPTConfig(**model_args)
-    except (TypeError, ValueError) as e:
-        die(f"bad model settings for {ckpt_path}: {e}")
-    for k in model_keys:  # the architecture comes from the checkpoint; a config that disagrees is an error
-        if k in checkpoint["model_args"] and k != "dropout" and getattr(have, k) != getattr(want, k):
-            die(f"{ckpt_path} was trained with {k}={getattr(have, k)!r} but the config says {k}={getattr(want, k)!r}")
-    model = model_from_checkpoint(checkpoint, ckpt_path)
+    model = model_from_checkpoint(checkpoint, ckpt_path, dropout=dropout)  # (dropout: this run's)
     model_args = {**model_args_of(checkpoint), "dropout": dropout}
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     history = checkpoint.get("history", [])
+    last_saved = iter_num
+    if master:
+        print(f"resuming {out_dir} from iteration {iter_num}")
 else:
     lens = {k: model_args[k] for k in model_keys if k not in SHAPE_KEYS and model_args[k] is not None}
     try:
@@ -258,15 +327,52 @@ if ddp:
 eval_model = model.module if ddp else model  # only the master evaluates: no collectives there
 
 
+def seconds_here():
+    """About how long what is left of this run takes on this device: one forward pass of a few sequences
+    timed (a training step costs about three, forward and backward), scaled to the batch, the iterations
+    and the evaluations. No weight, gradient or random stream is touched."""
+    b = min(batch_size, 4)  # a few sequences: a GPU-sized batch would itself take a while on a CPU
+    x = torch.randint(raw_model.config.vocab_size, (b, block_size), generator=torch.Generator().manual_seed(0))
+    raw_model.eval()
+    with torch.no_grad(), ctx:
+        raw_model(x[:1], x[:1])  # the first call's one-time costs
+        t = time.perf_counter()
+        raw_model(x, x)
+        per_sequence = (time.perf_counter() - t) / b
+    raw_model.train()
+    left = 0 if eval_only else max(max_iters - iter_num, 0)
+    forwards = 3 * left * gradient_accumulation_steps + 2 * eval_iters * (left // eval_interval + 1)
+    return per_sequence * batch_size * forwards
+
+
+# a GPU-sized config on a CPU (the Quickstart's without config/cpu.py) would run for a day: say so first
+if master and device_type == "cpu" and (eta := seconds_here()) > 3600:
+    cpu_overlay = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "cpu.py"))
+    args = sys.argv[1:]
+    files = [i for i, a in enumerate(args) if a.endswith(".py") and os.path.isfile(a)]
+    at = files[-1] + 1 if files else 0  # the overlay goes after the config files, before the --settings
+    scaled = init_from == "resume" or any(os.path.samefile(args[i], cpu_overlay) for i in files)
+    print(f"warning: on this CPU this run takes about "
+          + (f"{eta / 3600:.0f} hours" if eta < 3 * 86400 else f"{eta / 86400:.0f} days")
+          + f" ({max_iters - iter_num:,} iterations of {batch_size} x {block_size} tokens at {n_layer} layers x "
+          f"{n_embd}, evaluations included)"
+          + ("" if scaled else f"; it is GPU-sized: {cpu_overlay} is the CPU scale (minutes): python train.py "
+                               f"{shlex.join(args[:at] + [cpu_overlay] + args[at:])}"), file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
 def estimate_loss():
     """Mean loss over eval_iters batches of each split, the same batches at every evaluation; with
-    scored targets also the accuracy on them (the share of answers predicted exactly)."""
+    scored targets also the accuracy on them (the share of answers predicted exactly). None where a
+    stop signal cut it short: a long evaluation must not hold a Ctrl-C."""
     out = {}
     model.eval()
     for split in ("train", "val"):
         losses, right, total = torch.zeros(eval_iters), 0, 0
         for k in range(eval_iters):
+            if stop_signal:
+                model.train()
+                return None
             X, Y = get_batch(split, generator("eval", split, k))
             with ctx:
                 logits, loss = eval_model(X, Y)
@@ -329,9 +435,8 @@ if wandb_log and master:
         wandb_log = False
 
 
-last_saved = None  # the iteration of the last checkpoint this run wrote (or resumed from)
-if init_from == "resume":
-    last_saved = iter_num
+resume_command = ("the same command and --init_from=resume" if ddp else
+                  f"python train.py --out_dir={shlex.quote(out_dir)} --init_from=resume")
 
 
 def save(losses):
@@ -363,20 +468,6 @@ def diverged(step, what):
         f"{last_saved}), is unchanged. Lower learning_rate or raise warmup_iters and resume with --init_from=resume")
 
 
-# Ctrl-C (SIGINT), and what schedulers send before SIGKILL (SIGTERM: SLURM, Kubernetes, timeout; SIGUSR1:
-# SLURM's --signal), set a flag; the loop stops between iterations, where the state is whole, saves it and
-# exits 128 + the signal's number. A second Ctrl-C interrupts at once.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-stop_signal = 0  # the number of the signal that asked to stop, 0 for none
-
-
-def on_signal(signum, frame):
-    global stop_signal
-    stop_signal = stop_signal or signum
-    if signum == signal.SIGINT:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def agree(flag, first_bad):
     """(the stop signal, the first non-finite iteration) that any process has seen: every process of a
     DDP run then stops at the same iteration. first_bad is a device tensor (inf: none); reading it is a
@@ -388,12 +479,9 @@ def agree(flag, first_bad):
     return sig, (None if math.isinf(bad) else int(bad))
 
 
-for signum in STOP_SIGNALS:
-    signal.signal(signum, on_signal)
-
 # -------------------------------------------------------------------- training loop
 bar = None
-if master and sys.stdout.isatty() and not eval_only:
+if master and sys.stdout.isatty() and sys.stderr.isatty() and not eval_only:  # a bar in a terminal, never in a log
     from tqdm import tqdm
     bar = tqdm(total=max_iters, initial=iter_num, dynamic_ncols=True)
 log = bar.write if bar is not None else print
@@ -408,6 +496,7 @@ first_bad = torch.tensor(float("inf"), device=device)
 check_grad_norm = grad_clip != 0.0 and dtype != "float16"
 # whether budget gates are still learned (not yet fixed, as a resumed run may find them): read once, no sync per step
 gates_learned = raw_model.config.attn_budget is not None and not analyze_attn_gates(raw_model)["fixed"]
+training = True
 while True:
     # every process checks at the same iterations (logged, evaluated, last), and a single process at every
     # iteration for a signal; the loss check syncs with the device only there
@@ -419,9 +508,14 @@ while True:
         if bar is not None:
             bar.close()
         if master:
-            save(losses)
-            print(f"interrupted ({signal.Signals(sig).name}): saved iteration {iter_num} to {ckpt_path}; resume with "
-                  f"the same command and --init_from=resume", flush=True)
+            name = signal.Signals(sig).name
+            if iter_num == (0 if last_saved is None else last_saved):  # nothing trained since the last save
+                print(f"interrupted ({name}) at iteration {iter_num}: "
+                      + ("nothing trained, nothing saved" if last_saved is None else f"{ckpt_path} holds it already"))
+            else:
+                save(losses)
+                print(f"interrupted ({name}): saved iteration {iter_num} to {ckpt_path}; resume with: {resume_command}",
+                      flush=True)
         if wandb_log and master:
             wandb.finish()
         if ddp:
@@ -437,8 +531,9 @@ while True:
         gates_learned = False
 
     if iter_num % eval_interval == 0 or iter_num >= max_iters:
-        if master:
-            losses = estimate_loss()
+        evaluated = estimate_loss() if master else None
+        if evaluated is not None:  # (None: a signal cut it short; it is made again where the run resumes)
+            losses = evaluated
             history = [h for h in history if h["iter"] < iter_num] + [
                 {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_acc": losses["val_acc"]}]
             stats = gate_stats()
@@ -449,15 +544,17 @@ while True:
                    if raw_model.config.attn_budget is not None else ""))
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                           "mfu": running_mfu * 100, **stats,
+                           **({"mfu": running_mfu * 100} if running_mfu >= 0 else {}), **stats,
                            **({"train/acc": losses["train_acc"], "val/acc": losses["val_acc"]} if scored else {})})
             if losses["val"] < best_val_loss or always_save_checkpoint or iter_num >= max_iters:
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 or init_from == "resume":
                     save(losses)
                     log(f"saved checkpoint to {ckpt_path}")
-        if ddp:  # everyone waits for the master's eval and save
-            torch.distributed.barrier()
+        # everyone waits for the master's eval and save, and learns whether a signal came meanwhile: then
+        # the run stops here, before the next update (the check at the top of the loop)
+        if (agree(stop_signal, first_bad)[0] if ddp else stop_signal):
+            continue
     if eval_only or iter_num >= max_iters:
         break
 
@@ -489,7 +586,8 @@ while True:
         step_time, timed_iters = step_time + dt, timed_iters + 1
     if iter_num % log_interval == 0 and master:
         lossf = loss.item() * gradient_accumulation_steps  # a host sync: only at log_interval
-        if local_iter_num >= 5:  # let the first iterations settle
+        # MFU against an A100's bf16 peak, as nanoGPT: a CPU has no such peak, so none is printed there
+        if local_iter_num >= 5 and device_type == "cuda":  # (the first iterations settle first)
             mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps * world_size, dt)
             running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
         stats = gate_stats()
@@ -497,7 +595,8 @@ while True:
             bar.set_postfix_str(f"loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.0f}ms"
                                 + (f", g {stats['mean_route_gate']:.3f}" if "mean_route_gate" in stats else ""))
         else:
-            log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%"
+            log(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, time {dt * 1000:.2f}ms"
+                + (f", mfu {running_mfu * 100:.2f}%" if running_mfu >= 0 else "")
                 + "".join(f", {k} {v:.3f}" for k, v in stats.items() if "/" not in k))
     if bar is not None:
         bar.update(1)
@@ -506,6 +605,17 @@ while True:
 
 if bar is not None:
     bar.close()
+if master and not eval_only:  # what the run made, and what to do with it
+    print(f"\ndone: {iter_num} iterations; best val loss {best_val_loss:.4f}, final val loss {losses['val']:.4f}"
+          + (f" (val acc {losses['val_acc']:.4f})" if scored else ""))
+    if last_saved is None:
+        print("nothing was saved (max_iters=0)")
+    else:
+        q = shlex.quote
+        print(f"checkpoint: {ckpt_path} (iteration {last_saved})")
+        print(f"sample it:  python sample.py --out_dir={q(out_dir)}")
+        print(f"measure it: python kv_cache_bench.py --configs= --ckpt={q(ckpt_path)}   "
+              "# loss as attention is removed, and cache bytes per token")
 if wandb_log and master:
     wandb.finish()
 if ddp:

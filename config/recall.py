@@ -12,7 +12,7 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 # GPT-2's tied 0.02-scale embeddings leave every model on the 'which values are present' plateau
-# (0.25) for 10,000 steps; untied, unit-scale embeddings learn the lookup (~1.0) within 2000 (README)
+# (0.25) for 10,000 steps; untied, unit-scale embeddings learn the lookup (~1.0) within 2000 (docs/results.md)
 tie_embeddings = False
 max_iters = 2000  # lr_decay_iters and the annealing window scale with it (train.py)
 lr_decay_iters = 2000

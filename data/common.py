@@ -1,5 +1,6 @@
-"""Shared by the prepare scripts: fetch the tiny Shakespeare text, write token files."""
+"""Shared by the prepare scripts (and the tests): fetch the tiny Shakespeare text, write token files."""
 import argparse
+import http.client
 import os
 import pickle
 import urllib.request
@@ -21,16 +22,32 @@ def shakespeare_text(argv, here, description):
     if args.input and not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found")
     if not os.path.isfile(path):
-        print(f"downloading {SHAKESPEARE_URL}")
         try:
-            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as r:
-                data = r.read()
+            download(SHAKESPEARE_URL, path)
         except OSError as e:
             raise SystemExit(f"error: cannot download tiny Shakespeare ({e}); pass a local copy with --input PATH")
-        with open(path, "wb") as f:
-            f.write(data)
     with open(path, encoding="utf-8") as f:
         return f.read(), args.out_dir
+
+
+def download(url, path, timeout=60):
+    """Fetch url into path (used by the prepare scripts and by the tests' data cache). Written to a
+    temporary file and renamed when complete, so an interrupted download never leaves a part that a
+    later run would take for the file. `timeout` bounds the connection and each read, so an offline
+    machine fails in that time instead of hanging. Any failure is an OSError."""
+    print(f"downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            data = r.read()
+    except http.client.HTTPException as e:  # a connection cut mid-body: not an OSError
+        raise OSError(f"{type(e).__name__}: {e}") from e
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_split(here, name, ids, vocab_size):

@@ -15,9 +15,6 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-SHAKESPEARE = os.environ.get("LENSGPT_SHAKESPEARE", os.path.join(SHARED, "data", "tinyshakespeare", "input.txt"))
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(SHARED, "tiktoken_cache"))
 # datasets go to a temporary folder, never into the repo (evaluate.dataset_dir reads LENSGPT_DATA)
 DATA = tempfile.mkdtemp(prefix="lensgpt-test-data-")
 os.environ["LENSGPT_DATA"] = DATA
@@ -73,13 +70,116 @@ def run_many(*commands, env=None):
     return [subprocess.CompletedProcess(c, code, out, err) for c, (code, out, err) in zip(commands, results)]
 
 
+# ---------------------------------------------------------------------- the data some tests need
+# Tiny Shakespeare and GPT-2's BPE files, found in this order: the file or folder an environment
+# variable names (LENSGPT_SHAKESPEARE, TIKTOKEN_CACHE_DIR: offline CI); else a user cache (tiny
+# Shakespeare in $XDG_CACHE_HOME/lensgpt, default ~/.cache/lensgpt; the BPE files in tiktoken's own
+# cache); else a download into that cache, once; else, offline, the tests that need them are skipped
+# with one line that names the variable. A variable that is set but names no data fails those tests
+# instead: a CI that provides its data must not turn green by skipping.
+FETCH_TIMEOUT = 10  # seconds to connect or to wait for a read: offline, a download fails in this time
+
+
+def shakespeare_cache():
+    """Where the tests keep the tiny Shakespeare they download."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "lensgpt", "tinyshakespeare", "input.txt")
+
+
+def fetch_shakespeare(url=None):
+    """The path of tiny Shakespeare: LENSGPT_SHAKESPEARE, else the cache, downloaded there from url
+    (default: the prepare scripts' URL) if missing. Skips or fails the calling test as said above."""
+    path = os.environ.get("LENSGPT_SHAKESPEARE")
+    if path:
+        if not os.path.isfile(path):
+            pytest.fail(f"LENSGPT_SHAKESPEARE={path} is not a file (it should name tiny Shakespeare's input.txt)",
+                        pytrace=False)
+        return path
+    path, failed = shakespeare_cache(), None
+    if not os.path.isfile(path):
+        common = load_data_common()
+        try:
+            common.download(url or common.SHAKESPEARE_URL, path, timeout=FETCH_TIMEOUT)
+        except OSError as e:
+            failed = one_line(e)
+    if failed:  # (outside the except: pytest would print the exceptions it chains to)
+        pytest.skip(f"needs tiny Shakespeare: not in {path} and the download failed ({failed}); "
+                    "set LENSGPT_SHAKESPEARE to a local copy of input.txt")
+    return path
+
+
+def load_gpt2_bpe():
+    """Makes tiktoken's GPT-2 encoding loadable by this process and by the scripts it starts: from
+    TIKTOKEN_CACHE_DIR or tiktoken's own cache, else downloaded into it by tiktoken. Skips or fails the
+    calling test as said above."""
+    import tiktoken
+    import tiktoken.load
+    where = os.environ.get("TIKTOKEN_CACHE_DIR")
+    # tiktoken downloads with no timeout, so offline it may hang: look in its cache with downloads
+    # disabled first, then check the server answers within FETCH_TIMEOUT before letting it download
+    read_file, missing = tiktoken.load.read_file, []
+
+    def no_download(url):
+        missing.append(url)
+        raise OSError(f"{url} is not cached")
+    tiktoken.load.read_file = no_download
+    try:
+        tiktoken.get_encoding("gpt2")
+        return
+    except OSError:
+        pass
+    finally:
+        tiktoken.load.read_file = read_file
+    try:
+        import urllib.request
+        if missing:  # (else the cache itself failed: tiktoken's own error says how)
+            urllib.request.urlopen(urllib.request.Request(missing[0], method="HEAD"), timeout=FETCH_TIMEOUT).close()
+        tiktoken.get_encoding("gpt2")
+        return
+    except Exception as e:  # urllib's and requests' many errors: one line, as a skip or a failure
+        failed = one_line(e)
+    cache = (f"TIKTOKEN_CACHE_DIR={where}" if where else "tiktoken's cache " +
+             (os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    msg = (f"needs GPT-2's BPE files: not in {cache} and the download failed ({failed}); "
+           "set TIKTOKEN_CACHE_DIR to a folder that holds them")
+    if where:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def one_line(e):
+    """An exception as one short line: urllib's URLError says its cause in .reason."""
+    e = e.reason if isinstance(getattr(e, "reason", None), BaseException) else e
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def load_data_common():
+    """data/common.py, the prepare scripts' helpers, loaded by path (a folder named `data` is too
+    common a package name to import by)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lensgpt_data_common", os.path.join(ROOT, "data", "common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
-def char_data():
-    """data/shakespeare_char, prepared from the local copy of tiny Shakespeare into the test data folder."""
-    if not os.path.isfile(SHAKESPEARE):
-        raise FileNotFoundError(f"tests need tiny Shakespeare at {SHAKESPEARE} (or set LENSGPT_SHAKESPEARE)")
+def shakespeare():
+    """The path of tiny Shakespeare's input.txt (see fetch_shakespeare)."""
+    return fetch_shakespeare()
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe():
+    """GPT-2's BPE files, where tiktoken finds them (see load_gpt2_bpe)."""
+    load_gpt2_bpe()
+
+
+@pytest.fixture(scope="session")
+def char_data(shakespeare):
+    """data/shakespeare_char, prepared from tiny Shakespeare into the test data folder."""
     out = os.path.join(DATA, "shakespeare_char")
-    run("data/shakespeare_char/prepare.py", "--input", SHAKESPEARE, f"--out_dir={out}")
+    run("data/shakespeare_char/prepare.py", "--input", shakespeare, f"--out_dir={out}")
     return out
 
 

@@ -1,6 +1,6 @@
 """ablate.py and report.py: a tiny study keeps one record per run in its results folder, its report gives
-Welch's interval as computed by hand, a second invocation trains nothing, and the README's Results tables
-are the report of results/."""
+Welch's interval as computed by hand, a second invocation trains nothing, and the tables of docs/results.md
+and the README's headline table are the report of results/."""
 import glob
 import json
 import os
@@ -75,31 +75,48 @@ def test_tiny_ablation_study(char_data, tmp_path):
 
 
 def test_dry_run_lists_runs(tmp_path):
+    """--dry_run lists each run and what the study would do with it, writing nothing: a run whose record
+    exists is skipped, and the line names that record."""
+    record = tmp_path / "r" / "lens" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
     p = run("ablate.py", "--configs=lens", "--seeds=2", "--dry_run=True", f"--results={tmp_path}/r",
             f"--out_root={tmp_path}/o")
-    assert "2 configs x 2 seeds = 4 runs" in p.stdout and p.stdout.count("to train") == 4
-    assert not os.listdir(tmp_path)
+    assert "2 configs x 2 seeds = 4 runs" in p.stdout and p.stdout.count("to train") == 3
+    assert f"[run 2/4] lens seed 0: done, skipped (its record {record} exists)\n" in p.stdout
+    assert f"[run 3/4] baseline seed 1: to train ({tmp_path}/o/baseline/seed1)\n" in p.stdout
+    assert sorted(os.listdir(tmp_path)) == ["r"] and os.listdir(tmp_path / "r") == ["lens"]
 
 
-def test_readme_tables_are_the_reports_of_results():
-    """Every Results table in the README is what report.py prints from the records in results/."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = report.readme_blocks(f.read())
+def test_docs_tables_are_the_reports_of_results():
+    """Every table of docs/results.md is what report.py prints from the records in results/ (the context sweep
+    too), and the README's headline table is what report.py draws from results/cpu."""
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        blocks = report.report_blocks(f.read())
     studies = {os.path.relpath(os.path.dirname(p), ROOT) for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json"))}
-    assert set(blocks) == studies and "results/cpu" in studies  # every study in results/ has its README block
+    assert set(blocks) == studies and "results/cpu" in studies  # every study in results/ has its block
     for study, text in blocks.items():
-        assert text == report.block_text(study), f"README's {study} table is stale: run python report.py"
+        assert text == report.block_text(study), f"docs/results.md's {study} table is stale: run python report.py"
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        sweep = [m.group(3) for m in report.SWEEP_BLOCK.finditer(f.read())]
+    assert sweep == [report.context_sweep_text()], "docs/results.md's context sweep is stale: run python report.py"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        headline = report.headline_blocks(f.read())
+    assert list(headline) == ["results/cpu"]
+    assert headline["results/cpu"] == report.headline_text("results/cpu"), \
+        "README's headline table is stale: run python report.py"
+    assert headline["results/cpu"].count("\n| ") == len(report.HEADLINE) + 1  # every row drawn, and the header
 
 
 def test_report_errors(tmp_path):
-    p = run("report.py", f"--studies={tmp_path}", "--readme=False", check=False)
+    p = run("report.py", f"--studies={tmp_path}", "--docs=False", check=False)
     assert p.returncode == 1 and p.stderr.strip() == f"error: {tmp_path} is not a study folder (no study.json)"
     # a damaged record (a truncated copy): one line that names it and says what to do
     study = tmp_path / "study"
     shutil.copytree(os.path.join(ROOT, "results", "cpu"), study)
     damaged = study / "baseline" / "seed1.json"
     damaged.write_text(damaged.read_text()[:300])
-    p = run("report.py", f"--studies={study}", "--readme=False", check=False)
+    p = run("report.py", f"--studies={study}", "--docs=False", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert re.fullmatch(rf"error: {re.escape(str(damaged))} is not a readable record \(JSONDecodeError: .*\); delete it "
                         r"and run ablate\.py again, which trains that run again", p.stderr.strip()), p.stderr

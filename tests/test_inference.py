@@ -1,6 +1,7 @@
 """The KV cache keeps exactly what each mechanism needs and decodes exactly; pruning; sample.py;
 kv_cache_bench.py."""
 import json
+import re
 
 import pytest
 import torch
@@ -191,6 +192,103 @@ def test_forward_past_block_size_is_an_error():
         model(torch.zeros(1, 33, dtype=torch.long))
 
 
+# ---------------------------------------------------------------------- sampling
+# Three distributions over 12 tokens, in different orders (so that each row's top k are other tokens)
+SAMPLING_LOGITS = 1.5 * torch.randn(3, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+DRAWS = 100_000  # per distribution: a frequency's standard deviation is at most 0.5 / sqrt(DRAWS) = 0.0016
+
+
+def target(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution sample_next claims, computed apart from it, in float64: softmax(logits / T) over
+    the k most likely tokens, then the fewest most likely tokens whose probability reaches top_p."""
+    p = torch.softmax(logits / temperature, dim=-1)
+    order = p.argsort(dim=-1, descending=True)
+    keep = torch.zeros_like(p, dtype=torch.bool)
+    for r in range(p.size(0)):
+        q = p[r, order[r, :top_k or p.size(1)]]
+        q = q / q.sum()
+        n = len(q)
+        if top_p is not None and top_p < 1:  # the fewest tokens that hold top_p
+            n = int((q.cumsum(0) < top_p).sum()) + 1
+            # not near a boundary, where float rounding could keep one token more or less
+            assert (q.cumsum(0)[max(n - 2, 0):n] - top_p).abs().min() > 1e-3
+        keep[r, order[r, :n]] = True
+    p = p * keep
+    return p / p.sum(dim=-1, keepdim=True)
+
+
+def draw_counts(logits, seed=0, **kwargs):
+    """How often sample_next draws each token, DRAWS times from each row of logits (float32), on a fixed
+    seed: one call on DRAWS copies of the rows (rows r, r + R, r + 2R, ... share distribution r)."""
+    from engine import sample_next
+    torch.manual_seed(seed)
+    tokens = sample_next(logits.float().repeat(DRAWS, 1), **kwargs).view(DRAWS, -1)
+    return torch.stack([torch.bincount(t, minlength=logits.size(1)) for t in tokens.T]).double()
+
+
+def chi_square_p(counts, p):
+    """Pearson's chi-square p-value of counts against p on p's support (counts outside it: asserted 0)."""
+    from scipy.stats import chisquare
+    assert counts[p == 0].sum() == 0, "a token outside the distribution's support was drawn"
+    return chisquare(counts[p > 0], DRAWS * p[p > 0]).pvalue
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.5), dict(temperature=2.0), dict(top_k=4),
+                                    dict(top_k=1), dict(top_k=12), dict(top_p=0.62), dict(top_k=5, top_p=0.7),
+                                    dict(temperature=0.7, top_k=6, top_p=0.8), dict(top_p=1.0)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "full")
+def test_sampling_draws_from_the_distribution_it_claims(kwargs):
+    """Each draw (the whole vocabulary, temperature, top-k, top-p and their combinations) against the
+    distribution it claims, computed apart (target), for three distributions at once: no token outside
+    it, every frequency within 0.01 of its probability (6 standard deviations) and Pearson's chi-square
+    at p > 0.001. The seed is fixed: the test is deterministic, not flaky."""
+    counts = draw_counts(SAMPLING_LOGITS, **kwargs)
+    for r, p in enumerate(target(SAMPLING_LOGITS, **kwargs)):
+        assert (counts[r] / DRAWS - p).abs().max() < 0.01, (r, counts[r] / DRAWS, p)
+        if (p > 0).sum() > 1:
+            assert chi_square_p(counts[r], p) > 1e-3, (r, counts[r] / DRAWS, p)
+
+
+def test_sampling_tests_tell_distributions_apart():
+    """The tests above can fail: draws at temperature 0.8 or within the top 11 are refused against
+    the plain distribution."""
+    p = target(SAMPLING_LOGITS)
+    for kwargs in (dict(temperature=0.8), dict(top_k=11)):
+        counts = draw_counts(SAMPLING_LOGITS, **kwargs)
+        assert min(chi_square_p(c, q) if (c[q == 0].sum() == 0) else 0 for c, q in zip(counts, p)) < 1e-6
+
+
+def test_sampling_is_reproducible_greedy_at_the_limits_and_checked():
+    """The same seed (or generator) gives the same draws; temperature 0, top_k=1 and a tiny top_p are the
+    argmax; through generate too, in every cache path; out-of-range settings are a ValueError."""
+    from engine import sample_next
+    logits = torch.randn(64, 1000)
+    torch.manual_seed(3)
+    a = sample_next(logits, top_k=50)
+    torch.manual_seed(3)
+    assert torch.equal(sample_next(logits, top_k=50), a)
+    g = torch.Generator().manual_seed(5)
+    b = sample_next(logits, top_p=0.9, generator=g)
+    assert torch.equal(sample_next(logits, top_p=0.9, generator=torch.Generator().manual_seed(5)), b)
+    argmax = logits.argmax(dim=-1, keepdim=True)
+    for kwargs in (dict(temperature=0), dict(top_k=1), dict(top_p=1e-9), dict(temperature=0.01, top_k=1, top_p=0.5)):
+        assert torch.equal(sample_next(logits, **kwargs), argmax), kwargs
+    assert sample_next(logits.bfloat16(), top_k=5).dtype == torch.long
+    model = tiny().eval()
+    prompt = torch.randint(0, 61, (2, 5))
+    greedy = model.generate(prompt, 40, temperature=0, kv_cache=False)  # past block_size
+    for kv_cache in (False, "kv", "input"):
+        assert torch.equal(model.generate(prompt, 40, top_k=1, kv_cache=kv_cache), greedy)
+        assert torch.equal(model.generate(prompt, 40, top_p=1e-9, kv_cache=kv_cache), greedy)
+    torch.manual_seed(7)
+    sampled = model.generate(prompt, 20, top_k=10, top_p=0.9)
+    assert torch.equal(model.generate(prompt, 20, top_k=10, top_p=0.9, generator=torch.Generator().manual_seed(7)),
+                       sampled)  # the global generator at seed 7 and a generator at seed 7 draw alike
+    for kwargs in (dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(temperature=-1)):
+        with pytest.raises(ValueError, match="sampling needs temperature >= 0, top_k >= 0 and top_p in"):
+            sample_next(logits, **kwargs)
+
+
 # ---------------------------------------------------------------------- sample.py
 @pytest.fixture(scope="module")
 def trained(char_data, tmp_path_factory):
@@ -212,6 +310,8 @@ def test_sample_streams_and_reports_speed(trained):
             p3 = run("sample.py", f"--out_dir={trained}", "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:",
                      "--temperature=0", f"--kv_cache={form}", f"--compile={compiled}")
             assert p3.stdout.split("---")[0] == greedy, (form, compiled)
+            # tokens/s leave out the step that compiled, and say so
+            assert ("left out: 1 step compiling the decode step" in p3.stdout) == (compiled == "True"), p3.stdout
 
 
 def test_sample_errors_and_prompts(trained, tmp_path):
@@ -226,18 +326,25 @@ def test_sample_errors_and_prompts(trained, tmp_path):
         (["--kv_bits=8", "--kv_residual=-2"], "kv_residual=-2 must be a whole number of tokens >= 0"),
         (["--kv_bits=8", "--kv_cache=False"], "kv_bits=8 quantizes the KV cache: it needs kv_cache (False recomputes)"),
         (["--kv_cache=latent"], "kv_cache must be True, False, auto, kv or input, got 'latent'"),
+        (["--top_p=0"], "top_p must be in (0, 1] (1 keeps every token), got 0.0"),
+        (["--top_p=1.5"], "top_p must be in (0, 1] (1 keeps every token), got 1.5"),
         ([f"--out_dir={tmp_path}"], f"no checkpoint at {tmp_path}/ckpt.pt"),
     ]
     runs = [["--kv_bits=4", "--kv_residual=3", "--num_samples=1", "--max_new_tokens=40", "--start=ROMEO:"],
             [f"--start=FILE:{long_prompt}", "--num_samples=1", "--max_new_tokens=5"],
-            ["--start=", "--num_samples=1", "--max_new_tokens=5"]]
+            ["--start=", "--num_samples=1", "--max_new_tokens=5"],
+            ["--top_k=0", "--top_p=0.9", "--num_samples=2", "--max_new_tokens=5", "--seed=3"],
+            ["--top_k=0", "--top_p=0.9", "--num_samples=2", "--max_new_tokens=5", "--seed=3"]]
     done = run_many(*[["sample.py", f"--out_dir={trained}", *args] for args, _ in errors],
                     *[["sample.py", f"--out_dir={trained}", *args] for args in runs])
     for (args, line), p in zip(errors, done):
         assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
         assert p.stderr.strip().startswith(f"error: {line}") and "\n" not in p.stderr.strip(), (args, p.stderr)
-    quantized, long, empty = done[len(errors):]
-    assert all(p.returncode == 0 for p in (quantized, long, empty)), [p.stderr for p in (quantized, long, empty)]
+    quantized, long, empty, nucleus, again = done[len(errors):]
+    assert all(p.returncode == 0 for p in done[len(errors):]), [p.stderr for p in done[len(errors):]]
+    # nucleus sampling over the whole vocabulary, twice on one seed: the same text (timings aside)
+    text = lambda p: re.sub(r"\[\d+ tokens in [^\]]*\]", "", p.stdout)
+    assert nucleus.stdout.count("[5 tokens in") == 2 and text(nucleus) == text(again)
     # the input form at 4 bits, past block_size
     assert quantized.stdout.startswith("ROMEO:") and "40 tokens" in quantized.stdout
     assert "4-bit, group 32, residual 3" in quantized.stdout
@@ -283,7 +390,10 @@ def test_kv_cache_bench(trained, tmp_path):
     assert [p["kv_bytes_per_token"]["kv"] for p in points] == [full16, full16 / 2, 0]
     assert {p["ranking"] for p in curve["points"]} == {"greedy", "route_gate", "contribution"}
     assert png.stat().st_size > 1000 and "with attention removed from 0, 1, 2, ... layers" in p.stdout
-    assert "throughput at context 64" in p.stdout
+    assert "throughput at context 64, caches within 0.0004 GiB" in p.stdout  # not "0.0 GiB"
+    # bytes at the precision they are named by: this CPU run's caches are float32, 4 bytes a value
+    assert "B/tok@64: analytic bytes per token of a cache holding 64 tokens" in p.stdout
+    assert "(float32: 4 bytes a value, unquantized" in p.stdout and " 16 " not in p.stdout.split("B/tok@64")[1]
     assert p.stdout.count("top operators by self time, one decode step at 64") == 10  # 5 configs x 2 forms
 
 
@@ -309,7 +419,30 @@ def test_kv_cache_bench_quantized(trained, tmp_path):
     assert set(quant) == {(f, b) for f in ("kv", "input") for b in (16, 8)}  # every form the checkpoint can use
     whole = next(p for p in curve["points"] if not p["layers"])  # 16 bits through the cache: the forward pass
     assert all(abs(quant[f, 16]["val_loss"] - whole["val_loss"]) < 1e-4 for f in ("kv", "input"))
-    assert "x 16-bit" in p.stdout and "loss decoding through the cache" in p.stdout
+    assert "loss decoding through the cache" in p.stdout
+    # the 8-bit cache against the float32 cache it was measured against, never against "16-bit"
+    assert "x float32 eager" in p.stdout and "x 16-bit" not in p.stdout
+    # its rows: the decode table and the eager and compiled throughput tables
+    assert len(re.findall(r"baseline +kv +8-bit ", p.stdout)) == 3 and re.search(r"baseline +kv +float32 ", p.stdout)
+
+
+@pytest.mark.slow
+def test_kv_cache_bench_peer_sampling(tmp_path):
+    """--peer_top_k: transformers' generate(do_sample=True, top_k=K) against ours at the same top_k (and
+    both over the whole vocabulary at 0), every drawn token checked within the top K."""
+    pytest.importorskip("transformers")
+    tiny_peer = ["kv_cache_bench.py", "--configs=", "--peer=hf", "--n_layer=2", "--n_head=2", "--n_embd=32",
+                 "--vocab_size=97", "--batch_size=3", "--peer_prompt=4", "--peer_new_tokens=6", "--rounds=1",
+                 "--forms=kv", "--modes=eager"]
+    top_k, full = run_many(tiny_peer + ["--peer_top_k=5", f"--json={tmp_path / 'k.json'}"],
+                           tiny_peer + ["--peer_top_k=0", f"--json={tmp_path / 'full.json'}"])
+    assert top_k.returncode == 0 and full.returncode == 0, (top_k.stderr, full.stderr)
+    assert "(sampled, top_k=5 at temperature 1, transformers' generate(do_sample=True, top_k=5), same weights, " \
+           "every drawn token within the top 5)" in top_k.stdout
+    assert "(sampled, full vocabulary at temperature 1, transformers' generate(do_sample=True, top_k=0)" in full.stdout
+    for name, decoding in (("k.json", "sampled, top_k=5"), ("full.json", "sampled, full vocabulary")):
+        rows = json.loads((tmp_path / name).read_text())["peer"]
+        assert [(r["engine"], r["decoding"]) for r in rows] == [("transformers", decoding), ("lensgpt", decoding)]
 
 
 def test_kv_cache_bench_peer_without_transformers(tmp_path):
@@ -317,5 +450,8 @@ def test_kv_cache_bench_peer_without_transformers(tmp_path):
     (tmp_path / "transformers.py").write_text("raise ImportError('no transformers here')\n")
     p = run("kv_cache_bench.py", "--configs=", "--peer=hf", env={"PYTHONPATH": str(tmp_path)})
     assert "peer hf: skipped, transformers is not installed (pip install transformers)" in p.stdout
-    p = run("kv_cache_bench.py", "--configs=", "--peer=vllm", check=False)
-    assert p.returncode == 1 and p.stderr.strip().endswith("error: peer takes 'hf' (Hugging Face transformers) or nothing, got 'vllm'")
+    vllm, bad_k = run_many(["kv_cache_bench.py", "--configs=", "--peer=vllm"],
+                           ["kv_cache_bench.py", "--configs=", "--peer=hf", "--peer_top_k=-1"])
+    assert vllm.returncode == 1 and vllm.stderr.strip().endswith("error: peer takes 'hf' (Hugging Face transformers) or nothing, got 'vllm'")
+    assert bad_k.returncode == 1 and bad_k.stderr.strip() == ("error: peer_top_k takes a whole number of tokens >= 0 "
+                                                              "(0: the whole vocabulary), got -1")

@@ -89,7 +89,8 @@ def test_pretrained_with_mechanisms_on_top(tmp_path):
 
 # 2. the fused kernel call equals the written-out formula ------------------------------------------
 def reference_attention(attn, x):
-    """S, S^T, d, mask, softmax, exactly as docs/design.md writes them, with a T x T matrix."""
+    """S, S^T, d, mask, softmax, exactly as docs/design.md writes them, with a T x T matrix (the mask applied
+    after mixing: causal, and within the layer's sliding window where it has one)."""
     B, T, C = x.shape
     H, Hkv = attn.n_head, attn.n_kv_head
     D = C // H
@@ -109,6 +110,8 @@ def reference_attention(attn, x):
             d = torch.einsum("bhjd,hd->bhj", k, attn.u)
             logits = logits + w[:, -1].view(1, H, 1, 1) * d[:, :, None, :]
     mask = torch.ones(T, T, dtype=torch.bool).tril()
+    if attn.window is not None:
+        mask = mask.triu(1 - attn.window)  # j > i - W
     p = F.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
     y = (p @ v).transpose(1, 2).reshape(B, T, C)
     return attn.c_proj(y)

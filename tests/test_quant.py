@@ -63,7 +63,9 @@ def reference_forward(form, bits, group, residual, prompt):
         if kr is not None:
             scores = scores + pick(mask_k, kr @ q_hat.transpose(-2, -1), kr @ q.transpose(-2, -1))
         scores = scores / math.sqrt(D)
-        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        band = torch.ones(T, T, dtype=torch.bool).tril()
+        band = band if self.window is None else band.triu(1 - self.window)  # a sliding window: j > i - W
+        scores = scores.masked_fill(~band, float("-inf"))
         p = F.softmax(scores, dim=-1)
         y = (p * mask_v) @ repeat_kv(v_hat, H) + (p * ~mask_v) @ repeat_kv(v, H)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C)), kv

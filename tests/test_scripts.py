@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ROOT, run, run_many
 
-SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py", "report.py"]
+SCRIPTS = ["train.py", "sample.py", "bench.py", "kv_cache_bench.py", "ablate.py", "report.py", "export_hf.py",
+           "eval_harness.py"]  # (these two list their settings without transformers or lm-eval too)
 
 
 def test_help_lists_every_setting():
@@ -39,7 +40,7 @@ def test_bare_flags_and_key_value():
     assert p.stdout.count("[run ") == 4 and p.stdout.count("lens seed") == 2, p.stdout  # 2 configs x 2 seeds
     assert p.stdout == q.stdout
     assert r.returncode == 1 and r.stderr.strip() == "error: --seeds needs a value (--seeds=VALUE)"
-    assert s.returncode == 1 and "Traceback" not in s.stderr and "wants a int" in s.stderr
+    assert s.returncode == 1 and "Traceback" not in s.stderr and "wants an int" in s.stderr
 
 
 BAD = [  # (script and arguments, the one line it must print)
@@ -50,7 +51,8 @@ BAD = [  # (script and arguments, the one line it must print)
     (["train.py", "config/cpu.py", "--n_layer=0"], "error: bad model settings: block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
     (["train.py", "config/cpu.py", "--n_head=0"], "error: bad model settings: block_size, vocab_size, n_layer, n_head and n_embd must be >= 1"),
     (["train.py", "--max_itres=5"], "error: unknown config key 'max_itres' (did you mean 'max_iters'?)"),
-    (["train.py", "--batch_size=big"], "error: config key 'batch_size' wants a int, got 'big' (str)"),
+    (["train.py", "--batch_size=big"], "error: config key 'batch_size' wants an int, got 'big' (str)"),
+    (["train.py", "--learning_rate=fast"], "error: config key 'learning_rate' wants a float, got 'fast' (str)"),
     (["train.py", "--device=cuda"], "error: device=cuda, but this machine has no CUDA device"),
     (["train.py", "--device=tpu"], "error: device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
     (["sample.py", "--device=cuda"], "error: device=cuda, but this machine has no CUDA device"),
@@ -60,6 +62,18 @@ BAD = [  # (script and arguments, the one line it must print)
     (["kv_cache_bench.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
     (["bench.py", "--compare=nope"], "error: no config file config/ablation_nope.py"),
     (["ablate.py", "--configs=nope"], "error: no config file config/ablation_nope.py"),
+    # a name or a config file that is not there: the close ones, in every script
+    (["ablate.py", "--configs=baseline,ful"], "error: no config file config/ablation_ful.py (did you mean full?)"),
+    (["kv_cache_bench.py", "--configs=config/ablation_lense.py"],
+     "error: no config file config/ablation_config/ablation_lense.py.py (did you mean lens?)"),
+    (["bench.py", "--compare=gqa,mqq"], "error: no config file config/ablation_mqq.py (did you mean mqa"),
+    (["bench.py", "--config=config/ablation_swaa.py"], "error: config file config/ablation_swaa.py not found (did you mean "
+                                                       "config/ablation_swa.py"),
+    (["bench.py", "--kernels=True", "--window=64", "--block_size=64"], "error: window=64 must be in [1, block_size=64)"),
+    (["sample.py", "config/cpu"], "error: config file config/cpu not found (did you mean config/cpu.py"),
+    (["report.py", "config/ablation_lense.py"], "error: config file config/ablation_lense.py not found (did you mean "
+                                                "config/ablation_lens.py"),
+    (["ablate.py", "--overlay=config/cpu.py", "cpu.py"], "error: config file cpu.py not found (did you mean config/cpu.py?)"),
     (["ablate.py", "--seeds=0"], "error: seeds, eval_batches and eval_batch_size must be >= 1"),
     (["sample.py", "--temperature=-1"], "error: temperature and top_k must be >= 0, got -1.0 and 200"),
     (["sample.py", "--num_samples=0"], "error: num_samples must be >= 1 and max_new_tokens >= 0"),
@@ -116,12 +130,26 @@ def readme_commands(*sections):
 
 
 def test_readme_commands_parse():
-    """Every python command of the Quickstart and Sampling sections parses its arguments (--help
+    """Every python command of the README's quickstart and Scripts sections parses its arguments (--help
     appended: config files and settings are read, then the help is printed; nothing runs)."""
-    cmds = readme_commands("Quickstart", "Sampling")
-    assert len(cmds) >= 6, cmds
+    cmds = readme_commands("Install and quickstart", "Scripts")
+    assert len(cmds) >= 10, cmds
     # each command's arguments as bash expands them (the README's `$(...)` included), then run with --help
     argv = [subprocess.run(["bash", "-c", f"set -- {c.split(' ', 1)[1]}; printf '%s\\0' \"$@\""], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")[:-1] for c in cmds]
     for cmd, p in zip(cmds, run_many(*[a + ["--help"] for a in argv])):
         assert p.returncode == 0 and "Traceback" not in p.stderr, (cmd, p.stderr[-2000:])
+
+
+def test_ctrl_c_is_one_line():
+    """Ctrl-C in a script that configure() set up: one line and exit status 130, no traceback."""
+    import signal
+    import sys
+    code = ("import time\nfrom configurator import configure\nwait = 60\nconfigure(globals(), [])\n"
+            "print('ready', flush=True)\ntime.sleep(wait)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "interrupted (SIGINT)", (p.returncode, err)

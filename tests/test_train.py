@@ -3,6 +3,7 @@ settings are one-line errors, DDP on two CPU processes matches one process, wand
 import glob
 import os
 import re
+import shlex
 
 import pytest
 import torch
@@ -14,24 +15,32 @@ ABLATIONS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "co
 
 
 def val_losses(stdout):
-    return [float(v) for v in re.findall(r"val loss (\d+\.\d+)", stdout)]
+    """The validation loss of each evaluation a run logged."""
+    return [float(v) for v in re.findall(r"^step \d+: train loss [\d.]+, val loss (\d+\.\d+)", stdout, flags=re.M)]
 
 
 def test_every_ablation_config_has_a_first_line_comment():
-    assert len(ABLATIONS) == 25
+    assert len(ABLATIONS) == 31
     for name in ABLATIONS:
         with open(os.path.join(ROOT, "config", name)) as f:
             assert f.readline().startswith("# "), name
 
 
 # four configs that between them switch on every mechanism run in the quick suite, the rest in the slow one
-QUICK = ("ablation_baseline.py", "ablation_full.py", "ablation_attn_budget_half.py", "ablation_cla.py")
+QUICK = ("ablation_baseline.py", "ablation_full.py", "ablation_attn_budget_half.py", "ablation_cla.py",
+         "ablation_local_global.py")
+
+
+def window_args(name):
+    """A windowed config's window (32) is TINY's whole block_size: at TINY scale it gets 8."""
+    with open(os.path.join(ROOT, "config", name)) as f:
+        return ["--attn_window=8"] if "attn_window" in f.read() else []
 
 
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ABLATIONS])
 def test_ablation_trains_and_loss_falls(name, char_data, tmp_path):
-    p = run("train.py", f"config/{name}", *TINY, "--max_iters=40", "--eval_interval=40", "--learning_rate=3e-3",
-            f"--out_dir={tmp_path}")
+    p = run("train.py", f"config/{name}", *TINY, *window_args(name), "--max_iters=40", "--eval_interval=40",
+            "--learning_rate=3e-3", f"--out_dir={tmp_path}")
     losses = val_losses(p.stdout)
     assert len(losses) == 2 and losses[1] < losses[0] - 0.3, p.stdout
     ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
@@ -39,19 +48,25 @@ def test_ablation_trains_and_loss_falls(name, char_data, tmp_path):
 
 
 def test_resume_is_exact(char_data, tmp_path):
+    """A run made in three parts ends where a straight run ends, bit for bit: resumed once with its whole
+    command, then, as in nanoGPT, from --out_dir alone (every other setting is the checkpoint's), each time
+    extended by a larger max_iters."""
     # a run stopped early and extended later keeps one schedule: set it explicitly (or stop with Ctrl-C)
-    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--eval_interval=10", "--always_save_checkpoint=True",
+    common = ["config/ablation_full.py", *TINY, "--dropout=0.1", "--eval_interval=5", "--always_save_checkpoint=True",
               "--lr_decay_iters=20", "--route_anneal_start=4", "--route_anneal_end=16"]
+    split = tmp_path / "split"
     run("train.py", *common, "--max_iters=20", f"--out_dir={tmp_path / 'straight'}")
-    run("train.py", *common, "--max_iters=10", f"--out_dir={tmp_path / 'split'}")
-    p = run("train.py", *common, "--max_iters=20", "--init_from=resume", f"--out_dir={tmp_path / 'split'}")
-    assert "step 10:" in p.stdout and "step 0:" not in p.stdout
+    run("train.py", *common, "--max_iters=10", f"--out_dir={split}")
+    p = run("train.py", *common, "--max_iters=15", "--init_from=resume", f"--out_dir={split}")
+    assert f"resuming {split} from iteration 10" in p.stdout and "step 10:" in p.stdout and "step 0:" not in p.stdout
+    p = run("train.py", f"--out_dir={split}", "--init_from=resume", "--max_iters=20")
+    assert f"resuming {split} from iteration 15" in p.stdout and "step 15:" in p.stdout and "step 10:" not in p.stdout
     a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
-    b = load_checkpoint(str(tmp_path / "split" / "ckpt.pt"))
+    b = load_checkpoint(str(split / "ckpt.pt"))
     assert a["iter_num"] == b["iter_num"] == 20
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [h["iter"] for h in a["history"]] == [0, 10, 20] and a["history"] == b["history"]  # evals kept across resume
+    assert [h["iter"] for h in a["history"]] == [0, 5, 10, 15, 20] and a["history"] == b["history"]  # evals kept
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     for i in sa:
         assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), i
@@ -87,9 +102,11 @@ def test_resume_after_a_killed_save_continues(char_data, tmp_path):
 
 CONFIG_ERRORS = [  # (train.py's arguments, what its one error line says)
     (["--n_layers=2"], "unknown config key 'n_layers' (did you mean 'n_layer'?)"),
-    (["--max_iters=ten"], "config key 'max_iters' wants a int, got 'ten'"),
+    (["--max_iters=ten"], "config key 'max_iters' wants an int, got 'ten'"),
     (["--use_reciprocity=1"], "config key 'use_reciprocity' wants a bool"),
     (["config/nope.py"], "config file config/nope.py not found"),
+    (["config/ablation_ful.py"], "config file config/ablation_ful.py not found (did you mean config/ablation_full.py, "),
+    (["configs/cpu.py"], "config file configs/cpu.py not found (did you mean config/cpu.py"),
     (["--dataset=nope"], f"{DATA}/nope/train.bin not found; prepare it with: python data/nope/prepare.py "
                          f"--out_dir={DATA}/nope"),
     (["--n_kv_head=4", "--n_head=6"], "n_kv_head=4 must divide n_head=6"),
@@ -120,15 +137,32 @@ def test_configuration_errors_are_one_line(char_data, tmp_path):
 
 
 def test_checkpoint_errors(char_data, tmp_path):
+    """Resuming with settings that contradict what the checkpoint is: every contradiction in one line (from
+    a config file or the command line), with what the checkpoint was trained with; a setting that does not
+    change the weights is no contradiction. A truncated checkpoint: one line."""
     run("train.py", "config/ablation_baseline.py", *TINY, "--max_iters=5", "--eval_interval=5", f"--out_dir={tmp_path}")
-    p = run("train.py", "config/ablation_lens.py", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert "was trained with use_reciprocity=False but the config says use_reciprocity=True" in p.stderr
-    data = (tmp_path / "ckpt.pt").read_bytes()
-    (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])  # truncated
-    p = run("train.py", "config/ablation_baseline.py", *TINY, "--init_from=resume", f"--out_dir={tmp_path}", check=False)
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert "is not a readable checkpoint (truncated or corrupt?)" in p.stderr
+    ckpt = tmp_path / "ckpt.pt"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = ckpt.read_bytes()
+    (broken / "ckpt.pt").write_bytes(data[: len(data) // 2])  # truncated
+    resume = ["train.py", "--init_from=resume", f"--out_dir={tmp_path}"]
+    cases = [
+        (["train.py", "config/ablation_lens.py", *TINY, *resume[1:]], f"error: {ckpt} was trained with use_reciprocity=False, "
+         "use_discoverability=False but the config says use_reciprocity=True, use_discoverability=True; resuming "
+         "takes them from the checkpoint: leave them out"),
+        ([*resume, "--n_layer=3", "--block_size=64", "--n_kv_head=2", "--dataset=recall", "--max_iters=9",
+          "--dropout=0.3"], f"error: {ckpt} was trained with block_size=32, n_layer=2, n_kv_head=4, "
+         "dataset='shakespeare_char' but the config says block_size=64, n_layer=3, n_kv_head=2, dataset='recall'; "
+         "resuming takes them from the checkpoint: leave them out"),
+        ([*resume, "--n_head=2"], f"error: {ckpt} was trained with n_head=4 but the config says n_head=2; resuming "
+         "takes it from the checkpoint: leave it out"),
+        (["train.py", "--init_from=resume", f"--out_dir={broken}"], f"error: {broken / 'ckpt.pt'} is not a readable "
+         "checkpoint (truncated or corrupt?)"),
+    ]
+    for (args, line), p in zip(cases, run_many(*[args for args, _ in cases])):
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr)
+        assert p.stderr.strip().startswith(line), (args, p.stderr)
 
 
 @pytest.mark.slow
@@ -210,8 +244,9 @@ def test_a_signal_saves_and_resumes_exactly(signame, straight_run, tmp_path):
     cut = load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert 20 < cut["iter_num"] < 300
     assert out.strip().splitlines()[-1] == (f"interrupted ({signame}): saved iteration {cut['iter_num']} to "
-                                            f"{tmp_path / 'ckpt.pt'}; resume with the same command and --init_from=resume")
-    run("train.py", *SIGNAL_RUN, f"--out_dir={tmp_path}", "--init_from=resume")
+                                            f"{tmp_path / 'ckpt.pt'}; resume with: python train.py "
+                                            f"--out_dir={tmp_path} --init_from=resume")
+    run("train.py", f"--out_dir={tmp_path}", "--init_from=resume")  # the command it names
     a, b = straight_run, load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert a["iter_num"] == b["iter_num"] == 300
     for k in a["model"]:
@@ -290,7 +325,7 @@ def test_extending_a_finished_run(char_data, tmp_path):
             f"--out_dir={tmp_path}", check=False)
     assert p.returncode == 1 and p.stderr.strip() == (
         f"error: {tmp_path / 'ckpt.pt'} was trained with route_anneal_end={first['route_anneal_end']} but the config "
-        "says route_anneal_end=50")
+        "says route_anneal_end=50; resuming takes it from the checkpoint: leave it out")
 
 
 @pytest.mark.slow
@@ -314,3 +349,98 @@ def test_wandb_without_a_key_never_waits(char_data, tmp_path):
     p = run("train.py", *TINY, "--max_iters=2", "--wandb_log=True", f"--out_dir={tmp_path / 'out'}", env=env, timeout=120)
     assert "warning: wandb could not start (RuntimeError: no API key" in p.stdout
     assert "step 2:" in p.stdout
+
+
+def test_the_end_of_run_summary_and_a_quiet_log(char_data, tmp_path):
+    """A run ends with its best and final validation loss, its checkpoint, and the commands that sample and
+    measure it, which work as printed. A log that is not a terminal has no progress bar and no MFU (a CPU has
+    no peak to measure against); wandb is not even imported unless wandb_log=True."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nprint('wandb imported:', 'wandb' in sys.modules)\n")
+    train, check = run_many(["train.py", *TINY, "--max_iters=6", "--eval_interval=3", "--log_interval=1",
+                             f"--out_dir={tmp_path}"], [str(probe)])
+    assert train.returncode == 0, train.stderr
+    losses = val_losses(train.stdout)
+    ckpt = tmp_path / "ckpt.pt"
+    summary = train.stdout.strip().split("\n\n")[-1].splitlines()
+    assert summary[:3] == [
+        f"done: 6 iterations; best val loss {min(losses):.4f}, final val loss {losses[-1]:.4f}",
+        f"checkpoint: {ckpt} (iteration 6)",
+        f"sample it:  python sample.py --out_dir={tmp_path}"], summary
+    assert summary[3].startswith(f"measure it: python kv_cache_bench.py --configs= --ckpt={ckpt}   # ")
+    assert "iter 5: loss" in train.stdout and "mfu" not in train.stdout
+    assert "it/s" not in train.stderr and "\r" not in train.stderr + train.stdout  # no tqdm bar
+    assert check.stdout.strip() == "wandb imported: False"
+    sample, measure = (shlex.split(line.split(":", 1)[1].split("#")[0]) for line in summary[2:4])
+    sample, measure = run_many(sample[1:] + ["--max_new_tokens=4", "--num_samples=1"],
+                               measure[1:] + ["--eval_batches=1", "--eval_batch_size=2"])
+    assert sample.returncode == 0 and "tokens in" in sample.stdout, sample.stderr
+    assert measure.returncode == 0 and "greedy" in measure.stdout, measure.stderr
+    assert "pruning curves" not in measure.stderr  # its progress bar, too, is for a terminal only
+
+
+def test_a_gpu_sized_run_on_a_cpu_warns_first(char_data, tmp_path):
+    """On a CPU, a run that would take hours says so before its first evaluation, with the overlay that
+    scales it to a CPU and the command with it; Ctrl-C before training stops it at once."""
+    import signal
+    import subprocess
+    import sys
+    rest = [*TINY[1:], "--max_iters=1000000000", f"--out_dir={tmp_path}"]
+    p = subprocess.Popen([sys.executable, "train.py", "config/ablation_full.py", *rest], cwd=ROOT, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = p.stderr.readline()
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=600)[1]
+    assert re.fullmatch(r"warning: on this CPU this run takes about \d+ days \(1,000,000,000 iterations of 4 x 32 tokens "
+                        r"at 2 layers x 32, evaluations included\); it is GPU-sized: config/cpu\.py is the CPU scale "
+                        r"\(minutes\): python train\.py config/ablation_full\.py config/cpu\.py " + re.escape(" ".join(rest)),
+                        line.strip()), line
+    assert p.returncode == 130 and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_answers_at_once(char_data, tmp_path):
+    """Ctrl-C during an evaluation of ten million batches: a line at once says what happens, the evaluation
+    stops at its next batch, the iteration reached is saved (the cut evaluation is not recorded: a resumed run
+    makes it again), exit 130, no traceback. A second Ctrl-C during a long iteration stops at once, with one
+    line, and leaves the checkpoint as it was."""
+    import signal
+    import subprocess
+    import sys
+    ckpt = tmp_path / "ckpt.pt"
+    run("train.py", *TINY, "--max_iters=2", "--eval_interval=2", f"--out_dir={tmp_path}")
+
+    def start(*args):
+        return subprocess.Popen([sys.executable, "train.py", f"--out_dir={tmp_path}", "--init_from=resume", *args],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    p = start("--max_iters=100", "--eval_interval=4", "--eval_iters=10000000", "--log_interval=1")
+    for line in p.stdout:
+        if line.startswith("iter 3:"):  # the next thing it does is the evaluation at iteration 4
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=600)  # (the evaluation alone would take hours)
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+    # (after the warning that such an evaluation takes hours)
+    assert err.strip().splitlines()[-1] == "stopping after this iteration; Ctrl-C again to stop now"
+    assert out.strip().splitlines()[-1] == (f"interrupted (SIGINT): saved iteration 4 to {ckpt}; resume with: "
+                                            f"python train.py --out_dir={tmp_path} --init_from=resume")
+    cut = load_checkpoint(str(ckpt))
+    assert cut["iter_num"] == 4 and [h["iter"] for h in cut["history"]] == [0, 2]
+    saved = ckpt.read_bytes()
+
+    # iterations of 500 micro-steps: the second Ctrl-C comes while the first waits for the iteration to end
+    p = start("--gradient_accumulation_steps=500", "--eval_interval=1000", "--eval_iters=4", "--log_interval=1")
+    for line in p.stdout:
+        if line.startswith("iter 4:"):
+            p.send_signal(signal.SIGINT)
+            break
+    assert p.stderr.readline().strip() == "stopping after this iteration; Ctrl-C again to stop now"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+    # (iteration 4 where the signals came between its log line and its end)
+    assert re.fullmatch(rf"stopped \(SIGINT\) at iteration [45]: {re.escape(str(ckpt))} \(iteration 4\) is as it was",
+                        err.strip()), err
+    assert ckpt.read_bytes() == saved and sorted(os.listdir(tmp_path)) == ["ckpt.pt", "train.lock"]

@@ -56,7 +56,7 @@ def write_tokens(docs, out_dir, max_tokens, val_tokens, num_proc):
     max_tokens in all. Returns (val, train) token counts."""
     counts = {"val": 0, "train": 0}
     files = {s: open(os.path.join(out_dir, f"{s}.bin.tmp"), "wb") for s in counts}
-    with Pool(num_proc) as pool, tqdm(total=max_tokens, unit="tok", unit_scale=True, desc="tokenizing") as bar:
+    with Pool(num_proc) as pool, tqdm(total=max_tokens, unit="tok", unit_scale=True, desc="tokenizing", disable=None) as bar:
         for toks in pool.imap(tokenize, docs, chunksize=16):
             room = max_tokens - counts["val"] - counts["train"]
             toks = toks[:room]
