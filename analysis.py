@@ -148,7 +148,10 @@ def remove_closed_attention(model):
                          f"{', '.join(f'{p:.2f}' for p in stats['p_open'].values())}): training fixes them to 0 "
                          f"or 1 from attn_gate_fix_iter on; resume the run to its end first")
     keep = tuple(i for i, z in stats["z"].items() if z == 1.0)
-    new = GPT(replace(cfg, attn_layers=keep, attn_budget=None)).to(model.lm_head.weight.device)
+    # each kept layer keeps its window, written per layer (a pattern may not hold for the layers that are left)
+    window = None if cfg.attn_window is None else tuple(w if i in keep else None for i, w in enumerate(cfg.layer_windows))
+    new = GPT(replace(cfg, attn_layers=keep, attn_budget=None, attn_window=window, attn_global_every=0,
+                      attn_global_last=False)).to(model.lm_head.weight.device)
     target = new.state_dict()
     sd = {k: v for k, v in model.state_dict().items() if k in target}
     new.load_state_dict(sd)

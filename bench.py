@@ -102,9 +102,10 @@ def make_runner(name, settings):
 
 def time_kernels():
     """The exact sliding-window kernels against causal attention over the whole sequence, at this shape:
-    banded SDPA (model.banded_attention, what a windowed layer trains with) and FlexAttention (compiled,
-    with a block mask), forward and, where the device has it, forward + backward; medians of interleaved
-    rounds, each a ratio to causal SDPA in the same round."""
+    banded SDPA (model.banded_attention), SDPA under one T x T band mask (a windowed layer uses the first
+    where T >= model.BANDED_MIN_RATIO * W, else the second) and FlexAttention (compiled, with a block mask),
+    forward and, where the device has it, forward + backward; medians of interleaved rounds, each a ratio to
+    causal SDPA in the same round."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from model import banded_attention
     require((1 <= window < block_size, f"window={window} must be in [1, block_size={block_size})"))
@@ -114,8 +115,11 @@ def time_kernels():
     mask = create_block_mask(lambda b, h, i, j: (j <= i) & (j > i - window), None, None, block_size, block_size,
                              device=device)
     flex = torch.compile(flex_attention, dynamic=False)
+    i = torch.arange(block_size, device=device)
+    band = (i.view(-1, 1) >= i) & (i.view(-1, 1) - i < window)
     fns = {"causal SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
            "banded SDPA": lambda q, k, v: banded_attention(q, k, v, window),
+           "T x T mask SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=band),
            "FlexAttention": lambda q, k, v: flex(q, k, v, block_mask=mask)}
     ref = fns["banded SDPA"](q, k, v).float()
     err = (fns["FlexAttention"](q, k, v).float() - ref).abs().max().item()
@@ -146,9 +150,9 @@ def time_kernels():
         base = statistics.median(times["causal SDPA"])
         rows += [dict(kernel=name, pass_=label, ms=statistics.median(t), x_causal=statistics.median(t) / base)
                  for name, t in times.items()]
-    print(f"{'kernel':<16}{'pass':<20}{'ms':>10}{'x causal':>10}")
+    print(f"{'kernel':<18}{'pass':<20}{'ms':>10}{'x causal':>10}")
     for r in rows:
-        print(f"{r['kernel']:<16}{r['pass_']:<20}{r['ms']:>10.2f}{r['x_causal']:>10.2f}")
+        print(f"{r['kernel']:<18}{r['pass_']:<20}{r['ms']:>10.2f}{r['x_causal']:>10.2f}")
     if json_path:
         write_json(json_path, {"device": device, "torch": torch.__version__, "window": window,
                                "shape": dict(n_head=n_head, head_dim=D, block_size=block_size, batch_size=batch_size),

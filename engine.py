@@ -106,15 +106,18 @@ def kv_cache_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_sk
     total = 0
     for layer, window in zip(kv_layer_tensors(cfg, form, attn_skip_layers), cfg.layer_windows):
         L = min(max_len, window or max_len)
-        for width, per_channel in layer:
-            if kv_bits == 16:
-                total += L * width * size
-                continue
-            tok = kv_group if per_channel else 1
-            padded = -(-L // tok) * tok
-            total += padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2
-            total += min(kv_residual + tok, L) * width * size
+        total += sum(_tensor_nbytes(width, pc, L, size, kv_bits, kv_group, kv_residual) for width, pc in layer)
     return batch_size * total
+
+
+def _tensor_nbytes(width, per_channel, L, size, kv_bits, kv_group, kv_residual):
+    """The bytes one sequence's cached tensor of `width` values per position holds for L positions (Buffer,
+    QuantizedBuffer); `size`: bytes of an unquantized value."""
+    if kv_bits == 16:
+        return L * width * size
+    tok = kv_group if per_channel else 1
+    padded = -(-L // tok) * tok
+    return padded * width * kv_bits // 8 + padded * width // kv_group * 2 * 2 + min(kv_residual + tok, L) * width * size
 
 
 def kv_workspace_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, attn_skip_layers=(), kv_bits=16,
@@ -130,20 +133,25 @@ def kv_workspace_nbytes(cfg, form, batch_size, max_len, dtype=torch.float32, att
     return batch_size * (largest * torch.empty((), dtype=dtype).element_size() + (largest // 2 if kv_bits == 4 else 0))
 
 
-def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16, context=None):
-    """Bytes per token of a cache holding `context` tokens (block_size by default), as a long context sees it
-    (the quantization ring and the padding are per sequence): values x bits / 8, plus 4 / G bytes of scale and
-    zero per value at fewer than 16 bits. A windowed layer holds min(context, W) tokens, so its values count
-    min(context, W) / context: bytes per token fall as the context grows."""
-    T = context or cfg.block_size
-    if not (isinstance(T, int) and T >= 1):
+def kv_bytes_per_token(cfg, form, attn_skip_layers=(), kv_bits=16, kv_group=32, dtype=torch.float16, context=None,
+                       kv_residual=0):
+    """Bytes per token of a cache holding `context` tokens (block_size by default). A global layer's as a long
+    context sees it (its quantization ring and padding are per sequence): values x bits / 8, plus 4 / G bytes
+    of scale and zero per value at fewer than 16 bits. A layer whose window W is shorter than the context holds
+    a ring of W positions whatever the context: its whole cache (kv_cache_nbytes' layout, its unquantized
+    ring included) over the context, so its share falls as W / context."""
+    T = cfg.block_size if context is None else context
+    if not (isinstance(T, int) and not isinstance(T, bool) and T >= 1):
         raise ValueError(f"context={context!r} must be a whole number of tokens >= 1")
-    per_layer = kv_layer_values(cfg, form, attn_skip_layers)
-    bound = [(v, w) for v, w in zip(per_layer, cfg.layer_windows) if w and w < T and v]
-    values = sum(per_layer) - sum(v for v, _ in bound) + (sum(v * w for v, w in bound) / T if bound else 0)
-    if kv_bits == 16:
-        return values * torch.empty((), dtype=dtype).element_size()
-    return values * kv_bits / 8 + values * 4 / kv_group
+    size = torch.empty((), dtype=dtype).element_size()
+    per_token, rings = 0, 0  # the global layers' bytes per token; the windowed layers' bytes per sequence
+    for layer, window in zip(kv_layer_tensors(cfg, form, attn_skip_layers), cfg.layer_windows):
+        if window and window < T:
+            rings += sum(_tensor_nbytes(width, pc, window, size, kv_bits, kv_group, kv_residual) for width, pc in layer)
+        else:
+            values = sum(width for width, _ in layer)
+            per_token += values * size if kv_bits == 16 else values * kv_bits / 8 + values * 4 / kv_group
+    return per_token + rings / T if rings else per_token
 
 
 def _zeros(*shape, like):
@@ -180,6 +188,12 @@ def _gates(attn, dtype):
 
 # ----------------------------------------------------------------------------- storage
 KV_BITS = (16, 8, 4)
+
+
+def eager_cpu(input_pos):
+    """Whether a step runs eagerly on a CPU, where reading a position on the host is free (elsewhere a step
+    does the same work at every position, with no host sync)."""
+    return input_pos.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _grouped(x, group, per_channel):
@@ -304,7 +318,7 @@ class QuantizedBuffer:
         this window and grouping, so eager decoding computes it once per step (a dozen small integer ops per
         buffer cost as much as the dequantization at batch 1); `_version` catches a position tensor
         changed in place."""
-        key = (self.window, self.tok, self.residual)
+        key = (self.window, self.tok, self.residual, self.wraps)  # a ring's plan differs (`complete`, below)
         hit = self.plans.get(key)
         if hit is not None and hit[0] is input_pos and hit[1] == input_pos._version:
             return hit[2]
@@ -317,7 +331,7 @@ class QuantizedBuffer:
         # whether the group is complete this step: eager on a CPU, where reading the position is free, a
         # key group is then quantized once instead of at each of its G steps; else every step (static work)
         complete = True
-        if input_pos.device.type == "cpu" and not torch.compiler.is_compiling():
+        if eager_cpu(input_pos):
             t = int(input_pos[-1]) - self.residual
             complete = t >= 0 and (t + 1) % self.tok == 0
         elif self.wraps:  # in a ring, a group stored before it is complete would overwrite codes still in the

@@ -107,9 +107,10 @@ def val_eval(model, batches, attn_skip_layers=()):
 def position_eval(model, batches):
     """(loss_by_position, recall_by_distance) over the batches. loss_by_position[t]: the mean loss of the
     prediction made at position t (None where no target is scored there): how much of its context a model
-    uses (one that reads only its last W tokens stops improving past W). recall_by_distance, on a dataset
-    that scores answers (else None): {d: [right, answers]} by the distance d from an answer's query key back
-    to that key's latest earlier occurrence (its pair, or an earlier query): recall beyond a window."""
+    uses (where each layer reads only its last W tokens, what lies further back comes through the layers
+    below). recall_by_distance, on a dataset that scores answers (else None): {d: [right, answers]} by the
+    distance d from an answer's query key back to that key's latest earlier occurrence (its pair, or an
+    earlier query): recall beyond a window."""
     T = batches[0][0].size(1)
     loss, count, by_dist = torch.zeros(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64), {}
     causal = torch.ones(T, T, dtype=torch.bool).tril(-1)  # (t, p): p < t
@@ -215,9 +216,9 @@ def quantized_eval(model, batches, ctx=None, kv_group=32, kv_residual=0, bits=KV
         for b in bits:
             loss, acc = cached_eval(model, batches, ctx, form=form, kv_bits=b, kv_group=kv_group,
                                     kv_residual=kv_residual, attn_skip_layers=skip)
+            per_token = kv_bytes_per_token(model.config, form, skip, b, kv_group, kv_residual=kv_residual)
             points.append(QuantPoint(form=form, kv_bits=b, kv_group=kv_group, kv_residual=kv_residual, val_loss=loss,
-                                     val_acc=acc, kv_bytes_per_token=kv_bytes_per_token(model.config, form, skip, b,
-                                                                                        kv_group), layers=skip))
+                                     val_acc=acc, kv_bytes_per_token=per_token, layers=skip))
     return points
 
 

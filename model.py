@@ -139,9 +139,14 @@ class GPTConfig:
         if not (whole(k) and k >= 0):
             raise ValueError(f"attn_global_every must be a whole number >= 0, got {k!r}")
         if w is None:
-            if k:
-                raise ValueError(f"attn_global_every={k} needs attn_window (the window of the other layers)")
+            if k or self.attn_global_last:
+                raise ValueError(f"attn_global_every={k}, attn_global_last={self.attn_global_last} need attn_window "
+                                 f"(the window of the other layers)")
             return
+        if self.attn_global_last and not k:
+            raise ValueError("attn_global_last needs attn_global_every (one layer in how many is global)")
+        if k == 1:
+            raise ValueError("attn_global_every=1 makes every layer global: use attn_window=None")
         if isinstance(w, tuple):
             if k:
                 raise ValueError("attn_global_every needs one attn_window for every local layer, not a per-layer tuple")
@@ -156,6 +161,9 @@ class GPTConfig:
         elif not (whole(w) and w >= 1):
             raise ValueError(f"attn_window must be a whole number of tokens >= 1, a per-layer tuple or None, got {w!r}")
         wins = self.layer_windows
+        if k and all(wins[i] for i in has):
+            raise ValueError(f"attn_global_every={k}{' with attn_global_last' if self.attn_global_last else ''} leaves no "
+                             f"attention layer global among n_layer={self.n_layer} (attn_layers={self.attn_layers})")
         big = [v for v in wins if v is not None and v >= self.block_size]
         if big:
             raise ValueError(f"attn_window={big[0]} is not below block_size={self.block_size}: such a layer sees its whole "
@@ -253,9 +261,14 @@ class CausalSelfAttention(nn.Module):
         # CUDA) need equal widths; on a 2-core CPU the math kernel a narrower V falls to is 1.7x slower (fwd+bwd)
         if W > D:
             v = F.pad(v, (0, W - D))
-        if self.window is not None and q.size(2) > self.window:
-            return banded_attention(qt, kt, v, self.window, dropout_p, 1.0 / math.sqrt(D))[..., :D]
-        y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=q.size(2) > 1, scale=1.0 / math.sqrt(D))
+        T, Wn = q.size(2), self.window
+        if Wn is not None and T >= BANDED_MIN_RATIO * Wn:
+            return banded_attention(qt, kt, v, Wn, dropout_p, 1.0 / math.sqrt(D))[..., :D]
+        if Wn is not None and T > Wn:  # a window that is a large part of T: one T x T band mask is cheaper
+            i = torch.arange(T, device=q.device)
+            band = (i.view(-1, 1) - i < Wn) & (i.view(-1, 1) >= i)
+            return sdpa(qt, kt, v, attn_mask=band, dropout_p=dropout_p, scale=1.0 / math.sqrt(D))[..., :D]
+        y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=T > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
     def forward(self, x, cache=None, input_pos=None, kv=None, skip=False):
@@ -292,6 +305,13 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
+# Banded attention does ~2 T W scores against causal attention's T^2 / 2, in smaller products: on a 2-core CPU
+# (forward + backward, 4 heads of 32) it took 0.80x causal attention's time at T = 8 W, 1.11x at T = 4 W and 2.1x
+# at T = 2 W, where one T x T band mask took 1.04-1.16x (`python bench.py --kernels=True`). Below this ratio of T
+# to W a windowed layer uses the T x T mask
+BANDED_MIN_RATIO = 4
+
+
 def band_mask(n, C, W, device):
     """(n, C, 2C) bool: query r of chunk c (position cC + r) sees key s of [chunk c-1 | chunk c] (position
     (c-1)C + s) when i - W < j <= i, i.e. r + C - W < s <= r + C; chunk 0's first half is padding."""
@@ -315,8 +335,8 @@ def banded_attention(q, k, v, W, dropout_p=0.0, scale=None):
     # [chunk c-1 | chunk c] for every c, with a chunk of zeros before the first (masked)
     pair = lambda t: torch.cat([F.pad(t, (0, 0, C, 0))[:, :, :-C].reshape(B * H, n, C, -1),
                                 t.reshape(B * H, n, C, -1)], 2)
-    y = F.scaled_dot_product_attention(q.reshape(B * H, n, C, X), pair(k), pair(v), attn_mask=band_mask(n, C, W, q.device),
-                                       dropout_p=dropout_p, scale=scale)
+    y = sdpa(q.reshape(B * H, n, C, X), pair(k), pair(v), attn_mask=band_mask(n, C, W, q.device), dropout_p=dropout_p,
+             scale=scale)
     return y.view(B, H, n * C, -1)[:, :, :T]
 
 

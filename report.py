@@ -373,7 +373,7 @@ def range_mean(curve, lo, hi):
 
 def position_split(records):
     """Where the loss-by-position table splits the context: the study's smallest window (up to it a windowed layer
-    sees the whole context, as a global one does; past it, only its last W tokens), or half the context where no
+    sees the whole context, as a global one does; past it, each windowed layer reads only its last W tokens), or half the context where no
     config has a window."""
     wins = [w for r in records for w in windows_of(r.model)]
     return min(wins) if wins else context(records) // 2
@@ -398,7 +398,7 @@ def position_lines(records, names):
     base = split.get("baseline")
     lines = ["", f"Loss by position: the validation loss of the prediction made at each position of the {T}-token "
              f"context (position t has t + 1 tokens of context), averaged over positions 0-{W - 1} (where a window of "
-             f"{W} sees the whole context) and {W}-{T - 1} (where it sees only its last {W} tokens), on the pruning "
+             f"{W} sees the whole context) and {W}-{T - 1} (where each windowed layer reads only its last {W} tokens), on the pruning "
              "evaluation's batches; mean +- std over seeds (the records that have it). Delta: against the baseline "
              "(Welch's 95% interval). Change past the window: the delta from position "
              f"{W} on minus the delta before it, from each seed's difference (after minus before), with Welch's "

@@ -17,10 +17,11 @@ W = 8  # a multiple of the quantization tests' group (4); TINY's block_size is 3
 
 def windowed(name):
     """(label, config) pairs: the config with a window in every attention layer ("swa"), and with layer 0
-    global, layer 1 local ("local_global") where its CLA groups allow it (a group shares one window)."""
+    global, layer 1 local ("local_global") where its CLA groups allow it (a group shares one window) and layer 0
+    has attention."""
     cfg = dict(CONFIGS[name], attn_window=W)
     out = [(f"{name}-swa", cfg)]
-    if cfg.get("kv_share", 1) == 1:
+    if cfg.get("kv_share", 1) == 1 and "attn_layers" not in cfg:  # (layer 0, the global one, has attention)
         out.append((f"{name}-local_global", dict(cfg, attn_global_every=2)))
     return out
 
@@ -42,14 +43,16 @@ def test_banded_kernel_equals_a_masked_softmax(T, window):
     assert band_mask(n, window, window, "cpu").sum(-1).max() == window
 
 
-@pytest.mark.parametrize("rec,disc,n_kv_head", list(itertools.product([False, True], [False, True], [4, 1])))
-def test_windowed_attention_equals_reference(rec, disc, n_kv_head):
-    """The fused, banded layer equals S, S^T, d, then the causal and window mask, then softmax; gradients too."""
+@pytest.mark.parametrize("rec,disc,n_kv_head,window", [(*c, w) for c in itertools.product([False, True], [False, True], [4, 1])
+                                                        for w in (5, 8)])
+def test_windowed_attention_equals_reference(rec, disc, n_kv_head, window):
+    """The fused layer (banded at 23 tokens with a window of 5, one band mask with a window of 8) equals S, S^T, d,
+    then the causal and window mask, then softmax; gradients too."""
     torch.manual_seed(1)
     cfg = GPTConfig(**{**TINY, "n_embd": 48}, use_reciprocity=rec, use_discoverability=disc, n_kv_head=n_kv_head,
-                    lens_gate_init=(0.3, 0.9, 1.2), attn_window=5)
+                    lens_gate_init=(0.3, 0.9, 1.2), attn_window=window)
     attn = GPT(cfg).transformer.h[0].attn
-    assert attn.window == 5
+    assert attn.window == window
     with torch.no_grad():
         if disc:
             attn.u.normal_(0, 0.5)
@@ -113,7 +116,7 @@ def test_windowed_greedy_generation_identical_past_block_size(name):
 
 
 @pytest.mark.parametrize("name", ["baseline-swa", "lens-swa", "full-local_global", "cla_lens-swa",
-                                  "attn_layer_1_full_mqa-local_global", "mqa-local_global"])
+                                  "attn_layer_1_full_mqa-swa", "mqa-local_global"])
 def test_windowed_quantized_decoding_equals_the_fake_quant_reference(name, monkeypatch):
     """The rings quantize the same groups as a flat cache: the fake-quant reference with the window mask,
     to 1e-9 in float64, past the window, both forms, 8 and 4 bits, with and without a residual."""
@@ -125,6 +128,21 @@ def test_windowed_quantized_decoding_equals_the_fake_quant_reference(name, monke
             got = cached_logits(model, idx, prompt, form=form, kv_bits=bits, kv_group=GROUP, kv_residual=residual)
             err = (got - ref[:, prompt - 1:]).abs().max().item()
             assert err < 1e-9, (form, bits, residual, prompt, err)
+
+
+def test_quantized_rings_off_the_cpu_path(monkeypatch):
+    """Off an eager CPU step (CUDA, or compiled) a buffer stores its key group at every step, masked until the group
+    is complete where it is a ring: a flat buffer's plan (stored every step) must not be reused by a ring."""
+    import engine
+    monkeypatch.setattr(engine, "eager_cpu", lambda input_pos: False)
+    for name in ("baseline-local_global", "lens-local_global", "baseline-swa"):
+        model = tiny(**WINDOWED[name]).double().eval()
+        idx = torch.randint(0, 61, (2, 30))
+        with torch.no_grad():
+            for form, bits, residual in itertools.product(cache_forms(model.config), (8, 4), (0, 3)):
+                ref = reference_logits(model, idx, 6, form, bits, GROUP, residual, monkeypatch)
+                got = cached_logits(model, idx, 6, form=form, kv_bits=bits, kv_group=GROUP, kv_residual=residual)
+                assert (got - ref[:, 5:]).abs().max() < 1e-9, (name, form, bits, residual)
 
 
 @pytest.mark.parametrize("name", ["baseline-swa", "lens-local_global", "cla_lens-swa", "full_mqa-local_global",
@@ -140,8 +158,12 @@ def test_rings_hold_exactly_the_analytic_bytes_at_every_context(name):
             model(torch.randint(0, 61, (3, min(T, 5))), cache=cache)
             assert cache.nbytes() == kv_cache_nbytes(cfg, form, 3, T, torch.float32, skip, bits, GROUP, 2)
             assert cache.workspace_nbytes() == kv_workspace_nbytes(cfg, form, 3, T, torch.float32, skip, bits, GROUP)
+            if T > W and name.endswith("swa"):  # every layer a ring: the per-token figure is its whole cache / T
+                per_token = kv_bytes_per_token(cfg, form, skip, bits, GROUP, torch.float32, context=T, kv_residual=2)
+                assert cache.nbytes() == pytest.approx(per_token * T * 3, rel=1e-12)
         cache = KVCache(model, 3, T, attn_skip_layers=skip, form=form)
-        assert cache.nbytes() == kv_bytes_per_token(cfg, form, skip, dtype=torch.float32, context=T) * T * 3
+        assert cache.nbytes() == pytest.approx(kv_bytes_per_token(cfg, form, skip, dtype=torch.float32, context=T) * T * 3,
+                                               rel=1e-12)
     # a window bounds the cache: past W, the windowed layers' share of a token falls as W / T
     flat = GPTConfig(**{**TINY, **CONFIGS[name.rsplit("-", 1)[0]]})
     for T in (W, 32):
@@ -170,9 +192,12 @@ def test_window_errors():
         "gives layer 0 a window, but it has no attention": dict(attn_window=(4, 4), attn_layers=(1,)),
         "is not below block_size=32": dict(attn_window=32),
         "groups layers 0.. with different windows": dict(attn_window=(4, 0), kv_share=2),
-        "needs attn_window": dict(attn_global_every=2),
+        "need attn_window": dict(attn_global_every=2),
         "attn_global_every must be a whole number": dict(attn_window=4, attn_global_every=-1),
         "not a per-layer tuple": dict(attn_window=(4, 4), attn_global_every=2),
+        "attn_global_every=1 makes every layer global": dict(attn_window=4, attn_global_every=1),
+        "attn_global_last needs attn_global_every": dict(attn_window=4, attn_global_last=True),
+        "leaves no attention layer global": dict(attn_window=4, attn_global_every=4, attn_global_last=True),
     }
     for msg, kw in cases.items():
         with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(".", r"\.")):
@@ -251,6 +276,21 @@ def test_bench_times_windowed_steps_and_kernels(tmp_path):
     rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
     timed = {(r["kernel"], r["pass"]) for r in rows}
     assert {("causal SDPA", "forward"), ("banded SDPA", "forward"), ("FlexAttention", "forward"),
-            ("causal SDPA", "forward + backward"), ("banded SDPA", "forward + backward")} <= timed
+            ("causal SDPA", "forward + backward"), ("banded SDPA", "forward + backward"),
+            ("T x T mask SDPA", "forward + backward")} <= timed
     assert all(r["x_causal"] == 1 for r in rows if r["kernel"] == "causal SDPA")
     assert "FlexAttention, forward + backward: not available here" in p.stdout
+
+
+def test_budget_gates_removed_keep_each_layers_window():
+    """A budget model with windows becomes the static model of the layers it keeps, each with its window (a
+    per-layer tuple, which the pattern need not fit once the global layer is gone), exactly."""
+    from analysis import remove_closed_attention
+    for window in ((0, W), W):  # layer 0 global, layer 1 local; layer 0 closes
+        model = tiny(attn_budget=0.5, attn_window=window, **({"attn_global_every": 2} if window == W else {})).eval()
+        for b, z in zip(model.transformer.h, (0.0, 1.0)):
+            b.attn_gate_fixed.fill_(z)
+        static = remove_closed_attention(model)
+        assert static.config.attention_layers == (1,) and static.config.layer_windows == (None, W)
+        idx = torch.randint(0, 61, (2, 32))
+        assert torch.allclose(static(idx, targets=idx)[0], model(idx, targets=idx)[0], atol=1e-6)
