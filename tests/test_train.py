@@ -32,9 +32,15 @@ QUICK = ("ablation_baseline.py", "ablation_full.py", "ablation_attn_budget_half.
 
 
 def window_args(name):
-    """A windowed config's window (32) is TINY's whole block_size: at TINY scale it gets 8."""
+    """A windowed config's window (32) is TINY's whole block_size: at TINY scale it gets 8; one global layer in 4
+    needs 4 layers to have one (with CLA over the 3 local layers), else 1 in 2."""
     with open(os.path.join(ROOT, "config", name)) as f:
-        return ["--attn_window=8"] if "attn_window" in f.read() else []
+        text = f.read()
+    if "attn_window" not in text:
+        return []
+    if "attn_global_every" not in text:
+        return ["--attn_window=8"]
+    return ["--attn_window=8"] + (["--n_layer=4"] if "kv_share" in text else ["--attn_global_every=2"])
 
 
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in ABLATIONS])
