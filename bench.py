@@ -107,7 +107,7 @@ def time_kernels():
     forward and, where the device has it, forward + backward; medians of interleaved rounds, each a ratio to
     causal SDPA in the same round."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    from model import banded_attention
+    from model import banded_attention, window_mask
     require((1 <= window < block_size, f"window={window} must be in [1, block_size={block_size})"))
     D = n_embd // n_head
     torch.manual_seed(seed)
@@ -115,8 +115,7 @@ def time_kernels():
     mask = create_block_mask(lambda b, h, i, j: (j <= i) & (j > i - window), None, None, block_size, block_size,
                              device=device)
     flex = torch.compile(flex_attention, dynamic=False)
-    i = torch.arange(block_size, device=device)
-    band = (i.view(-1, 1) >= i) & (i.view(-1, 1) - i < window)
+    band = window_mask(block_size, window, device)
     fns = {"causal SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
            "banded SDPA": lambda q, k, v: banded_attention(q, k, v, window),
            "T x T mask SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=band),

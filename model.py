@@ -157,7 +157,8 @@ class GPTConfig:
                 raise ValueError(f"attn_window entries must be whole numbers >= 1 (0 or None: global), got {bad[0]!r}")
             lost = [i for i, v in enumerate(w) if v and i not in has]
             if lost:
-                raise ValueError(f"attn_window gives layer {lost[0]} a window, but it has no attention (attn_layers={self.attn_layers})")
+                raise ValueError(f"attn_window gives layer {lost[0]} a window, but it has no attention "
+                                 f"(attn_layers={self.attn_layers})")
         elif not (whole(w) and w >= 1):
             raise ValueError(f"attn_window must be a whole number of tokens >= 1, a per-layer tuple or None, got {w!r}")
         wins = self.layer_windows
@@ -265,9 +266,8 @@ class CausalSelfAttention(nn.Module):
         if Wn is not None and T >= BANDED_MIN_RATIO * Wn:
             return banded_attention(qt, kt, v, Wn, dropout_p, 1.0 / math.sqrt(D))[..., :D]
         if Wn is not None and T > Wn:  # a window that is a large part of T: one T x T band mask is cheaper
-            i = torch.arange(T, device=q.device)
-            band = (i.view(-1, 1) - i < Wn) & (i.view(-1, 1) >= i)
-            return sdpa(qt, kt, v, attn_mask=band, dropout_p=dropout_p, scale=1.0 / math.sqrt(D))[..., :D]
+            mask = window_mask(T, Wn, q.device)
+            return sdpa(qt, kt, v, attn_mask=mask, dropout_p=dropout_p, scale=1.0 / math.sqrt(D))[..., :D]
         y = sdpa(qt, kt, v, dropout_p=dropout_p, is_causal=T > 1, scale=1.0 / math.sqrt(D))
         return y[..., :D]
 
@@ -312,6 +312,12 @@ class CausalSelfAttention(nn.Module):
 BANDED_MIN_RATIO = 4
 
 
+def window_mask(T, W, device):
+    """(T, T) bool: query i sees key j when i - W < j <= i."""
+    i = torch.arange(T, device=device)
+    return (i.view(-1, 1) >= i) & (i.view(-1, 1) - i < W)
+
+
 def band_mask(n, C, W, device):
     """(n, C, 2C) bool: query r of chunk c (position cC + r) sees key s of [chunk c-1 | chunk c] (position
     (c-1)C + s) when i - W < j <= i, i.e. r + C - W < s <= r + C; chunk 0's first half is padding."""
@@ -323,10 +329,9 @@ def band_mask(n, C, W, device):
 
 def banded_attention(q, k, v, W, dropout_p=0.0, scale=None):
     """Causal attention within a sliding window of W, exact, in O(T W): the sequence is cut into chunks of
-    C = W positions, and chunk c's queries attend to the keys of chunks c-1 and c under one band mask. A T x T
-    mask would make SDPA build every score (its math kernel, slower than causal flash attention at any length).
-    q, k, v: (B, H, T, X) (k and v repeated to H heads); T is padded to whole chunks (padded keys come after
-    every real query, so the mask hides them)."""
+    C = W positions, and chunk c's queries attend to the keys of chunks c-1 and c under one band mask, where a
+    T x T mask would have SDPA compute all T^2 scores. q, k, v: (B, H, T, X) (k and v repeated to H heads); T
+    is padded to whole chunks (padded keys come after every real query, so the mask hides them)."""
     B, H, T, X = q.shape
     C = W
     n = -(-T // C)

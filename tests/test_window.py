@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import KVCache, cache_forms, kv_bytes_per_token, kv_cache_nbytes, kv_workspace_nbytes
-from model import GPT, GPTConfig, band_mask, banded_attention
+from model import GPT, GPTConfig, band_mask, banded_attention, window_mask
 from test_model import CONFIGS, TINY, reference_attention, tiny
 from test_quant import GROUP, cached_logits, reference_logits
 
@@ -35,6 +35,7 @@ def test_banded_kernel_equals_a_masked_softmax(T, window):
     q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64) for _ in range(3))
     i, j = torch.arange(T).view(-1, 1), torch.arange(T)
     mask = (j <= i) & (j > i - window)
+    assert torch.equal(window_mask(T, window, "cpu"), mask)
     scores = (q @ k.transpose(-2, -1) / 8 ** 0.5).masked_fill(~mask, float("-inf"))
     ref = torch.softmax(scores, -1) @ v
     assert (banded_attention(q, k, v, window) - ref).abs().max() < 1e-12
