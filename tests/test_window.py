@@ -268,7 +268,7 @@ def test_bench_times_windowed_steps_and_kernels(tmp_path):
     timed)."""
     import json
     from conftest import run
-    shape = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=2", "--steps=1",
+    shape = ["--n_layer=4", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=2", "--steps=1",
              "--warmup=1", "--rounds=1"]
     run("bench.py", "--compare=swa,local_global_last", *shape, f"--json={tmp_path / 'steps.json'}")
     rows = json.loads((tmp_path / "steps.json").read_text())["rows"]
