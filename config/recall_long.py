@@ -1,4 +1,4 @@
-# Overlay: the MQAR recall probe at a longer sequence (python data/recall_long/prepare.py): 4 pairs, then 8 queries over 64 tokens, with windows of 16 where a config has one, so that many answers lie beyond a window. Changes the task and scale, not the ablation.
+# Overlay: the MQAR recall probe at a longer sequence (python data/recall_long/prepare.py): 4 pairs, then 8 queries over 64 tokens, with windows of 16 where a config has one, so that half of the answers lie 16 or more tokens back from their key. Changes the task and scale, not the ablation.
 dataset = 'recall_long'
 device = 'cpu'
 compile = False
