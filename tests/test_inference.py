@@ -144,11 +144,17 @@ def test_input_form_matches_transformers_generation(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("name,form", [("full", "input"), ("lens", "kv"), ("gqa", "kv"), ("cla_lens", "kv")])
-def test_compiled_decoding_equals_eager_without_recompiling(name, form):
+WINDOWS = dict(attn_window=8, attn_global_every=2)  # layer 0 global, layer 1 a ring of 8 that wraps
+
+
+@pytest.mark.parametrize("name,form,window", [("full", "input", {}), ("lens", "kv", {}), ("gqa", "kv", {}),
+                                              ("cla_lens", "kv", {}),
+                                              pytest.param("gqa", "kv", WINDOWS, marks=pytest.mark.slow),
+                                              pytest.param("full", "input", WINDOWS, marks=pytest.mark.slow)])
+def test_compiled_decoding_equals_eager_without_recompiling(name, form, window):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = tiny(**CONFIGS[name]).eval()
+    model = tiny(**CONFIGS[name], **window).eval()
     prompt = torch.randint(0, 61, (1 if form == "input" else 2, 4))  # batch 1 too: its slices have odd strides
     eager = model.generate(prompt, 40, temperature=0, kv_cache=form)  # past block_size: prefilled again
     compiled = model.generate(prompt, 40, temperature=0, kv_cache=form, compile=True)

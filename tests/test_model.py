@@ -117,12 +117,17 @@ def reference_attention(attn, x):
     return attn.c_proj(y)
 
 
-@pytest.mark.parametrize("rec,disc,n_kv_head", list(itertools.product([False, True], [False, True], [4, 2, 1])))
-def test_fused_attention_equals_reference(rec, disc, n_kv_head):
+@pytest.mark.parametrize("rec,disc,n_kv_head,window",
+                         [(*c, None) for c in itertools.product([False, True], [False, True], [4, 2, 1])]
+                         + [(*c, w) for c in itertools.product([False, True], [False, True], [4, 1]) for w in (5, 8)])
+def test_fused_attention_equals_reference(rec, disc, n_kv_head, window):
+    """The fused layer equals the written-out formula, values and gradients; with a sliding window of 5 over 23
+    tokens it runs banded attention, with 8 one T x T band mask (model.BANDED_MIN_RATIO)."""
     torch.manual_seed(1)
     cfg = GPTConfig(**{**TINY, "n_embd": 48}, use_reciprocity=rec, use_discoverability=disc, n_kv_head=n_kv_head,
-                    lens_gate_init=(0.3, 0.9, 1.2))  # large rec/disc weights so their errors would show
+                    lens_gate_init=(0.3, 0.9, 1.2), attn_window=window)  # large rec/disc weights: errors would show
     attn = GPT(cfg).transformer.h[0].attn
+    assert attn.window == window
     with torch.no_grad():
         if disc:
             attn.u.normal_(0, 0.5)

@@ -186,13 +186,17 @@ def test_quantization_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,form", [("full", "input"), ("cla_lens", "kv"), ("lens", "kv")])
-def test_compiled_quantized_decoding_equals_eager_without_recompiling(name, form):
-    """A quantized cache's step has static shapes: one graph for every position, the eager logits."""
+@pytest.mark.parametrize("name,form,window", [("full", "input", {}), ("cla_lens", "kv", {}), ("lens", "kv", {}),
+                                              ("lens", "kv", dict(attn_window=8, attn_global_every=2)),
+                                              ("full", "input", dict(attn_window=8)),
+                                              ("cla_lens", "kv", dict(attn_window=8))])
+def test_compiled_quantized_decoding_equals_eager_without_recompiling(name, form, window):
+    """A quantized cache's step has static shapes: one graph for every position, the eager logits; with sliding
+    windows too (rings that wrap several times, the group stored under a mask until it is complete)."""
     from engine import compiled_decode_step, decode_step
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = tiny(**CONFIGS[name]).double().eval()
+    model = tiny(**CONFIGS[name], **window).double().eval()
     idx = torch.randint(0, 61, (2, 30))
     quant = dict(form=form, kv_bits=4, kv_group=GROUP, kv_residual=3)
     eager, compiled = KVCache(model, 2, **quant), KVCache(model, 2, **quant)
