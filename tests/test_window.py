@@ -27,6 +27,7 @@ def windowed(name):
 
 
 WINDOWED = dict(pair for name in CONFIGS for pair in windowed(name))
+WINDOWED["lens-swa2"] = dict(CONFIGS["lens"], attn_window=2)  # a full forward at 16+ tokens runs the banded kernel
 
 
 @pytest.mark.parametrize("T,window", [(23, 5), (23, 8), (32, 8), (9, 8), (8, 8), (40, 1)])
@@ -44,11 +45,12 @@ def test_banded_kernel_equals_a_masked_softmax(T, window):
     assert band_mask(n, window, window, "cpu").sum(-1).max() == window
 
 
-@pytest.mark.parametrize("rec", [False, True])
-def test_a_windowed_layer_sees_exactly_its_window(rec):
+@pytest.mark.parametrize("rec,window", [(False, 5), (True, 5), (True, 2)])
+def test_a_windowed_layer_sees_exactly_its_window(rec, window):
     """One attention layer, no MLP: the logits at i move when token j changes if and only if i - W < j <= i.
-    With reciprocity, S^T[i, j] = q_j . k_i is masked after mixing, so it stays causal and within the window."""
-    model = tiny(n_layer=1, mlp_disabled=True, use_reciprocity=rec, use_discoverability=True, attn_window=5).eval()
+    With reciprocity, S^T[i, j] = q_j . k_i is masked after mixing, so it stays causal and within the window
+    (W = 5 over 24 tokens: one T x T band mask; W = 2: the banded kernel)."""
+    model = tiny(n_layer=1, mlp_disabled=True, use_reciprocity=rec, use_discoverability=True, attn_window=window).eval()
     idx = torch.randint(0, 61, (1, 24))
     base, _ = model(idx, targets=idx)
     for j in (0, 6, 13, 23):
@@ -56,7 +58,7 @@ def test_a_windowed_layer_sees_exactly_its_window(rec):
         changed[0, j] = (idx[0, j] + 1) % 61
         logits, _ = model(changed, targets=changed)
         moved = (logits - base).abs().amax(-1)[0] > 1e-6
-        assert moved.tolist() == [j <= i < j + 5 for i in range(24)], j
+        assert moved.tolist() == [j <= i < j + window for i in range(24)], j
 
 
 @pytest.mark.parametrize("name", WINDOWED)
