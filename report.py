@@ -6,7 +6,7 @@ where the records have them, the loss by position (loss_by_position.png) and rec
 (recall_by_distance.png). The tables of docs/results.md are these reports, pasted between markers, with the
 context sweep (results/context_sweep/report.md and delta_vs_context.png: each route's cost at 64 ... 1024
 tokens), and the README's
-headline table is drawn from the records of results/cpu.
+headline tables are drawn from the records of results/cpu and results/cpu_long (with results/recall_window).
 
 $ python report.py                          # every study in results/, docs/results.md and the README's headline
 $ python report.py --studies=results/cpu --docs=False
@@ -362,6 +362,12 @@ def contrast(groups):
 
 def ci_delta(t):
     return "-" if t is None else f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+
+
+def delta_cell(values, ref):
+    """mean(values) - mean(ref) with Welch's 95% interval, or marked as untested under two seeds a side."""
+    t = welch(values, ref)
+    return ci_delta(t) if t else f"{statistics.mean(values) - statistics.mean(ref):+.4f} (one seed: untested)"
 
 
 def range_mean(curve, lo, hi):
@@ -878,16 +884,61 @@ def block_text(study):
     return "\n".join(report(load_records(folder), study_info(folder))) + "\n"
 
 
+# The long-context headline (results/cpu_long, 512 tokens): what a window costs shows on recall, not on
+# Shakespeare's loss, so each row also gives its config's recall on the probe with windows of 8
+# (results/recall_window)
+LONG_HEADLINE = [("the baseline (GPT-2's architecture)", "baseline", "kv", False, 16),
+                 ("the baseline, input-form cache (no retraining)", "baseline", "input", False, 16),
+                 ("attention in the first half of the layers, from step 0", "attn_first_half", "input", False, 16),
+                 ("multi-query attention (MQA), 4-bit cache", "mqa", "kv", False, 4),
+                 ("a window of 32 in every layer (`swa`, Mistral's pattern)", "swa", "kv", False, 16),
+                 ("`swa`, input-form cache at 4 bits", "swa", "input", False, 4),
+                 ("one global layer in 4, the first (`local_global`)", "local_global", "kv", False, 16),
+                 ("one global layer in 4, the last (`local_global_last`)", "local_global_last", "kv", False, 16),
+                 ("`local_global_last`, multi-query", "local_global_last_mqa", "kv", False, 16),
+                 ("`local_global_last`, multi-query, 4-bit cache", "local_global_last_mqa", "kv", False, 4)]
+HEADLINES = {"results/cpu": (HEADLINE, None), "results/cpu_long": (LONG_HEADLINE, "results/recall_window")}
+RECALL_KEPT = 0.95  # a route keeps recall where its accuracy beyond the window is at least this multiple of the baseline's
+
+
+def probe_recall(study):
+    """The recall probe's figures for a headline: its window W (every windowed config's), and per config, per seed,
+    recall accuracy on the answers whose key lies W or more tokens back (16-bit cache), and on every answer through
+    each whole model's (form, bits) cache."""
+    records = load_records(os.path.join(ROOT, study))
+    T = context(records)
+    wins = sorted({w for r in records for w in windows_of(r.model)})
+    if len(wins) != 1:
+        raise SystemExit(f"error: {study}'s windowed configs must share one window to compare recall beyond it, not {wins}")
+    W, acc = wins[0], {"kv_group": {q.kv_group for r in records for q in r.quant if q.kv_bits != 16}}
+    for r in records:
+        a = acc.setdefault(r.config, {"beyond": []})
+        beyond = distance_acc(r, W, T) if r.recall_by_distance is not None else None
+        if beyond is not None:
+            a["beyond"].append(beyond)
+        for q in r.quant:
+            if not q.layers:
+                a.setdefault((q.form, q.kv_bits), []).append(q.val_acc)
+    return W, acc
+
+
 def headline_text(study):
-    """The README's headline table from a study's records: each HEADLINE row's cache bytes per token and
-    validation loss of the final models on the pruning evaluation's batches (mean over seeds), against
-    the baseline with its whole 16-bit K/V cache on the same batches (Welch's 95% interval)."""
+    """A README headline table from a study's records: each row's cache bytes per token and validation loss of
+    the final models on the pruning evaluation's batches (mean over seeds), against the baseline with its whole
+    16-bit K/V cache on the same batches (Welch's 95% interval); where the headline has a recall probe, each
+    config's recall on it and the smallest caches that keep it."""
+    if study not in HEADLINES:
+        raise SystemExit(f"error: README.md has a headline block for {study}; report.py draws them for "
+                         f"{', '.join(HEADLINES)}")
+    spec, probe_study = HEADLINES[study]
     folder = os.path.join(ROOT, study)
     records = load_records(folder)
     S, names, _ = summarize(records)
     gpt2, T = S["baseline"]["kv"]["kv"], context(records)
-    rows, seeds = [], set()
-    for label, n, form, half, bits in HEADLINE:
+    W, probe = probe_recall(probe_study) if probe_study else (None, None)
+    mean = lambda v: f"{statistics.mean(v):.3f}" if v else "-"
+    rows, seeds, probe_seeds = [], set(), set()
+    for label, n, form, half, bits in spec:
         if n not in S or form not in S[n]["kv"]:
             continue
         s = S[n]
@@ -910,18 +961,74 @@ def headline_text(study):
         elif values == ref:  # the same runs through an exact cache form: the same model, nothing to test
             delta = "0 (exact: the same model)"
         else:
-            t = welch(values, ref)
-            delta = f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+            delta = delta_cell(values, ref)
         share = f"{size / gpt2:.3g}x" if size >= gpt2 else f"1/{gpt2 / size:.3g}"
-        rows.append(f"| {label} | {'K/V' if form == 'kv' else 'input'}, {bits}-bit | {nbytes(size)} | {share} | "
-                    f"{statistics.mean(values):.4f} | {delta} |")
-    n_seeds = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}-{max(seeds)}"
-    lines = [f"{study_info(folder).title}, {n_seeds} seeds a row, trained on {machines(records)}. Loss: validation "
+        row = (f"| {label} | {'K/V' if form == 'kv' else 'input'}, {bits}-bit | {nbytes(size)} | {share} | "
+               f"{statistics.mean(values):.4f} | {delta} |")
+        if probe is not None:
+            a = probe.get(n, {})
+            probe_seeds.update(len(a[k]) for k in ("beyond", (form, bits)) if a.get(k))
+            row += f" {mean(a.get('beyond'))} | {mean(a.get((form, bits)))} |"
+        rows.append(row)
+    n_seeds = lambda found: f"{min(found)}" if len(found) == 1 else f"{min(found)}-{max(found)}"
+    lines = [f"{study_info(folder).title}, {n_seeds(seeds)} seeds a row, trained on {machines(records)}. Loss: validation "
              "loss of the final models (mean over seeds), all on the same validation batches. Delta: against GPT-2 "
              f"with its whole 16-bit K/V cache, with Welch's 95% interval. B/token: cache bytes per token at the study's "
-             f"{T}-token context (4-bit: codes, scale and zero). Drawn by `python report.py` from the records in `{study}/`.",
-             "", f"| model | cache | B/token at {T} | x GPT-2's | loss | delta [95% CI] |", "|---|---|---|---|---|---|"]
-    return "\n".join(lines + rows) + "\n"
+             f"{T}-token context ({'a windowed layer holds its last W tokens; ' if probe else ''}4-bit: codes, scale and "
+             f"zero). Drawn by `python report.py` from the records in `{study}/`"
+             + (f" and, for recall, `{probe_study}/`: the same config on the recall probe with windows of {W} (every "
+                f"answer's key lies within 32 tokens), recall accuracy on the answers whose key lies {W} or more tokens "
+                f"back (through a 16-bit cache) and on every answer through this row's cache (key groups of "
+                f"{', '.join(map(str, sorted(probe['kv_group'])))}), mean over "
+                f"{n_seeds(probe_seeds or {0})} seeds." if probe else "."), "",
+             f"| model | cache | B/token at {T} | x GPT-2's | loss | delta [95% CI] |"
+             + (f" recall beyond {W} | recall, this cache |" if probe else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if probe else "")]
+    return "\n".join(lines + rows + (kept_answers(S, names, T, W, probe) if probe else [])) + "\n"
+
+
+def kept_answers(S, names, T, W, probe):
+    """The long-context headline's answers: for each tolerance, the smallest cache (every config's whole model, each
+    form and bit width) within it of the baseline's loss whose config keeps RECALL_KEPT of the baseline's recall
+    on the probe, beyond the window through a 16-bit cache and on every answer through that cache; and the
+    smallest within it whatever its recall, where that is another."""
+    pts = [p for p in quant_points(S, names, "loss") if not p.pruned]
+    ref = S["baseline"]["quant"].get(("kv", 16, 0))
+    base = probe.get("baseline", {})
+    if ref is None or not base.get("beyond") or not base.get(("kv", 16)):
+        return []
+    ref, gpt2 = ref["loss"], S["baseline"]["kv"]["kv"]
+    base_beyond, base_all = statistics.mean(base["beyond"]), statistics.mean(base[("kv", 16)])
+
+    def recall_of(p):  # (beyond W at 16 bits, every answer through p's cache), None where the probe lacks either
+        a = probe.get(p.config, {})
+        return (statistics.mean(a["beyond"]), statistics.mean(a[p.form, p.bits])) \
+            if a.get("beyond") and a.get((p.form, p.bits)) else None
+
+    def said(p):
+        r = recall_of(p)
+        return (f"{p.label}: {nbytes(p.bytes)} B/token at {T} tokens, 1/{gpt2 / p.bytes:.3g} of GPT-2's 16-bit K/V "
+                f"cache; loss {p.mean:.4f}, {delta_cell(p.values, ref)} against the baseline; recall beyond {W} tokens "
+                + (f"{r[0]:.3f} against the baseline's {base_beyond:.3f} ({r[0] / base_beyond:.2f}x), through this "
+                   f"cache {r[1]:.3f} against {base_all:.3f}" if r else "not measured (no records on the probe)"))
+    found = []  # [kept, close, the tolerances that find them]
+    for tol in TOLERANCES:
+        close = sorted((p for p in pts if p.mean - statistics.mean(ref) <= tol), key=lambda p: (p.bytes, p.mean))
+        kept = [p for p in close if (r := recall_of(p)) and r[0] >= RECALL_KEPT * base_beyond
+                and r[1] >= RECALL_KEPT * base_all]
+        pair = (kept[0] if kept else None, close[0] if close else None)
+        if found and found[-1][0] is pair[0] and found[-1][1] is pair[1]:
+            found[-1][2].append(tol)
+        else:
+            found.append([*pair, [tol]])
+    lines = [""]
+    for kept, close, tols in found:
+        within = f"within +{tols[0]} nats" + (f" (and +{', +'.join(map(str, tols[1:]))})" if tols[1:] else "")
+        lines.append(f"- The smallest cache {within} of the baseline that keeps {RECALL_KEPT}x its recall: "
+                     + (said(kept) if kept else "none among these records") + ".")
+        if close is not None and close is not kept:
+            lines.append(f"- The smallest {within} whatever its recall: {said(close)}.")
+    return lines
 
 
 # ----------------------------------------------------------------------------- the context sweep

@@ -2,6 +2,7 @@
 the study's context with a window's fractional bytes, the loss by position, recall within and beyond a window,
 and the context sweep across studies; each number checked against a computation by hand. Old records (without
 the new measures) leave those sections out."""
+import dataclasses
 import math
 import os
 import statistics
@@ -251,3 +252,45 @@ def test_context_sweep(tmp_path):
     # no study made yet: one line, no plot
     assert report.context_sweep_text(folders=[str(tmp_path / "none")]).startswith("No study of the context sweep")
     assert not report.plot_context_sweep(str(tmp_path / "none.png"), folders=[str(tmp_path / "none")])
+
+
+def test_long_headline_keeps_recall(tmp_path, monkeypatch):
+    """The long-context README headline: each row's bytes and loss at the study's context, its config's recall on
+    the probe (beyond the window, and through the row's cache), and as the answer the smallest cache within the
+    tolerance whose config keeps 0.95x the baseline's recall, not merely the smallest within it."""
+    base, swa, lgl = [1.98, 1.99, 2.00], [1.75, 1.76, 1.77], [1.74, 1.75, 1.77]
+    q = lambda form, bits, loss, nbytes, acc=None: dataclasses.replace(quant(form, bits, loss, nbytes), val_acc=acc)
+    long = study(tmp_path / "long", (
+        [record("baseline", s, v, 512, quant=[q("kv", 16, v, 2048), q("kv", 4, v, 640)]) for s, v in enumerate(base)]
+        + [record("swa", s, v, 512, window=32, kv={"kv": 128.0, "input": 64.0},
+                  quant=[q("kv", 16, v, 128.0), q("input", 4, v + 0.005, 22.0)]) for s, v in enumerate(swa)]
+        + [record("local_global_last_mqa", s, v, 512, window=32, kv={"kv": 152.0},
+                  quant=[q("kv", 16, v, 152.0), q("kv", 4, v + 0.003, 59.875)]) for s, v in enumerate(lgl)]))
+    # the probe at 32 tokens, windows of 8: {distance: [right, answers]}; swa answers only what lies near
+    near_far = lambda near, far: {"4": [near, 10], "12": [far, 10]}
+    probe = study(tmp_path / "probe", (
+        [record("baseline", s, 0.1, 32, acc=1.0, distances=near_far(10, 10 - s), quant=[q("kv", 16, 0.1, 128, 1.0)])
+         for s in range(3)]
+        + [record("swa", s, 1.0, 32, window=8, acc=0.3, distances=near_far(9, 2 + s),
+                  quant=[q("kv", 16, 1.0, 32, 0.3), q("input", 4, 1.0, 8, 0.28)]) for s in range(3)]
+        + [record("local_global_last_mqa", s, 0.1, 32, window=8, acc=1.0, distances=near_far(10, 10),
+                  quant=[q("kv", 16, 0.1, 40, 1.0), q("kv", 4, 0.1, 20, 0.99)]) for s in range(2)]))
+    monkeypatch.setattr(report, "HEADLINES", {long: (report.LONG_HEADLINE, probe)})
+    text = report.headline_text(long)
+    assert "| model | cache | B/token at 512 | x GPT-2's | loss | delta [95% CI] | recall beyond 8 | recall, this cache |" in text
+    base_far = statistics.mean([1.0, 0.9, 0.8])
+    assert row(text, "| a window of 32") == (f"| a window of 32 in every layer (`swa`, Mistral's pattern) | K/V, 16-bit | 128 "
+                                            f"| 1/16 | {statistics.mean(swa):.4f} | {ci(*welch_by_hand(swa, base))} | "
+                                            f"{statistics.mean([0.2, 0.3, 0.4]):.3f} | 0.300 |")
+    lgl4 = [v + 0.003 for v in lgl]
+    assert row(text, "| `local_global_last`, multi-query, 4-bit") == (
+        f"| `local_global_last`, multi-query, 4-bit cache | K/V, 4-bit | 59.88 | 1/34.2 | {statistics.mean(lgl4):.4f} | "
+        f"{ci(*welch_by_hand(lgl4, base))} | 1.000 | 0.990 |")
+    assert "mean over 2-3 seeds" in text and "key groups of 32" in text
+    kept = row(text, "- The smallest cache within +0.01 nats (and +0.02) of the baseline that keeps 0.95x its recall: ")
+    assert kept.endswith(f"local_global_last_mqa in the K/V form at 4 bits: 59.88 B/token at 512 tokens, 1/34.2 of GPT-2's "
+                         f"16-bit K/V cache; loss {statistics.mean(lgl4):.4f}, {ci(*welch_by_hand(lgl4, base))} against "
+                         f"the baseline; recall beyond 8 tokens 1.000 against the baseline's {base_far:.3f} "
+                         f"({1 / base_far:.2f}x), through this cache 0.990 against 1.000.")
+    assert row(text, "- The smallest within +0.01 nats (and +0.02) whatever its recall: ").startswith(
+        "- The smallest within +0.01 nats (and +0.02) whatever its recall: swa in the input form at 4 bits: 22 B/token")
