@@ -51,6 +51,7 @@ out_root = out_root or os.path.join("out-ablate", stem)
 record_path = lambda n, s: os.path.join(results, n, f"seed{s}.json")
 run_dir = lambda n, s: os.path.join(out_root, n, f"seed{s}")
 study_file = os.path.join(results, "study.json")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # those train.py saves and stops on
 
 
 def plan():
@@ -98,18 +99,21 @@ def train(name, seed, resume):
         + [f"--seed={1337 + seed}", f"--out_dir={run_dir(name, seed)}", "--always_save_checkpoint=True",
            f"--wandb_run_name=ablate-{name}-seed{seed}"]
     t0 = time.time()
-    child = subprocess.Popen([sys.executable] + cmd + (["--init_from=resume"] if resume else []))
-    # Ctrl-C reaches train.py too (one process group): it answers, saves and stops (a second one stops it at
-    # once); this process waits for it rather than dying first, then says how the study goes on
-    handler = signal.signal(signal.SIGINT, lambda *_: None)
+    # train.py runs in a session of its own, so each stop signal reaches it once, passed on from here: Ctrl-C
+    # (which the terminal sends to this process alone now), a `kill` of this process's pid, a scheduler's SIGTERM
+    # or SLURM's --signal. It answers, saves and stops (a second Ctrl-C stops it at once); this process waits for
+    # it rather than dying first and leaving it to run on, then says how the study goes on
+    child = subprocess.Popen([sys.executable] + cmd + (["--init_from=resume"] if resume else []), start_new_session=True)
+    handlers = {s: signal.signal(s, lambda signum, _: child.send_signal(signum)) for s in STOP_SIGNALS}
     try:
         code = child.wait()
     finally:
-        signal.signal(signal.SIGINT, handler)
-    if code in (-signal.SIGINT, 128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGUSR1):  # train.py's stops
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if code in [-s for s in STOP_SIGNALS] + [128 + s for s in STOP_SIGNALS]:  # train.py's stops
         print(f"ablate: interrupted in {name} seed {seed}; the same command goes on from its checkpoint",
               file=sys.stderr)
-        raise SystemExit(code if code > 0 else 128 + signal.SIGINT)
+        raise SystemExit(code if code > 0 else 128 - code)
     if code != 0:
         raise SystemExit(f"error: run {name} seed {seed} failed: {shlex.join(cmd)}")  # train.py printed why
     return shlex.join(["python"] + cmd), time.time() - t0

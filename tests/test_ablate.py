@@ -88,6 +88,39 @@ def test_dry_run_lists_runs(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["r"] and os.listdir(tmp_path / "r") == ["lens"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_ablate_stops_its_run(char_data, tmp_path, signame):
+    """A stop signal sent to ablate.py alone (Ctrl-C, which the terminal now sends to it only; `kill PID`; a
+    scheduler) reaches the training run once: it saves its checkpoint and stops, and ablate.py, having waited for
+    it, exits 128 + the signal's number with one line saying how the study goes on; no record is written."""
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+    res, out = tmp_path / "results", tmp_path / "out"
+    args = ["ablate.py", "--configs=baseline", "--seeds=1", f"--results={res}", f"--out_root={out}",
+            "--train_args=" + " ".join(TINY[1:] + ["--max_iters=100000", "--log_interval=1"])]
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in p.stdout:  # train.py writes here too: signal once it is training
+        seen.append(line)
+        if line.startswith("iter 2:"):
+            break
+    sig = getattr(signal, signame)
+    p.send_signal(sig)
+    rest, err = p.communicate(timeout=600)
+    assert p.returncode == 128 + sig, (p.returncode, "".join(seen) + rest, err)
+    assert err.strip().splitlines()[-1] == \
+        "ablate: interrupted in baseline seed 0; the same command goes on from its checkpoint"
+    ck = torch.load(out / "baseline" / "seed0" / "ckpt.pt", weights_only=True)
+    assert ck["iter_num"] >= 2
+    assert f"interrupted ({signame}): saved iteration {ck['iter_num']} to " in rest + err
+    assert not (res / "baseline").exists()
+
+
 def test_docs_tables_are_the_reports_of_results():
     """Every table of docs/results.md is what report.py prints from the records in results/ (the context sweep
     too), and the README's headline tables are what report.py draws from results/cpu and results/cpu_long."""
