@@ -136,7 +136,8 @@ def evaluate(name, seed, out_dir, command, wall):
         machine={"device": tc["device"], "torch": torch.__version__, "cpus": os.cpu_count(), "arch": platform.machine()},
         best_val_loss=ck["best_val_loss"], final_val_loss=ck["val_loss"], final_train_loss=ck["train_loss"],
         params=model.get_num_params(), iters=ck["iter_num"], tokens_seen=ck["iter_num"] * tokens_per_iter,
-        ms_per_iter=ck["ms_per_iter"], wall_s=wall, kv_bytes_per_token=points[0].kv_bytes_per_token,
+        ms_per_iter=ck["ms_per_iter"], wall_s=ck.get("wall_s", wall),  # (the command's own where the checkpoint lacks it)
+        kv_bytes_per_token=points[0].kv_bytes_per_token,
         lens_gates={k: v for k, v in lens.items() if k.startswith("mean_")},
         route_gates=analyze_route_gates(model)["per_layer"] if cfg.use_route_gate else None,
         attention_contribution=contrib,

@@ -111,8 +111,8 @@ class RunRecord:
     params: int
     iters: int
     tokens_seen: int
-    ms_per_iter: float
-    wall_s: float
+    ms_per_iter: float  # mean time of an iteration that trained alone (no evaluation), over every resumed part
+    wall_s: float  # seconds train.py ran, every resumed part together
     kv_bytes_per_token: dict  # 16-bit, per cache form the config can use
     lens_gates: dict
     route_gates: Optional[list]

@@ -31,6 +31,8 @@ from analysis import (analyze_attn_gates, analyze_lens_gates, analyze_route_gate
                       apply_route_annealing, fix_attn_gates)
 from model import GPT, GPTConfig
 
+started = time.time()  # the wall time a checkpoint keeps counts from here, after the imports
+
 # -----------------------------------------------------------------------------
 # defaults: nanoGPT's shakespeare_char recipe, with GPT-2's biases
 out_dir = "out"
@@ -280,6 +282,7 @@ def get_batch(split, gen):
 
 # -------------------------------------------------------------------- model
 iter_num, best_val_loss = 0, 1e9
+timing, wall_before = [0.0, 0], 0.0  # (seconds, iterations) timed, and seconds run, before this part of the run
 history = []  # every evaluation of this run (resumed runs included): iteration, losses, accuracy
 model_args = {k: globals()[k] for k in model_keys if k in globals()}
 model_args["vocab_size"] = meta_vocab_size or 50304
@@ -294,6 +297,11 @@ elif init_from == "resume":
     model_args = {**model_args_of(checkpoint), "dropout": dropout}
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     history = checkpoint.get("history", [])
+    # the time per iteration and the wall time are kept over every part of a resumed run; a checkpoint from
+    # before they were kept counts its mean time per iteration once for each iteration it timed alone
+    timed = iter_num - -(-iter_num // eval_interval)  # (an evaluation's iteration is not timed)
+    timing = checkpoint.get("timing", [checkpoint.get("ms_per_iter", 0.0) / 1000 * timed, timed])
+    wall_before = checkpoint.get("wall_s", 0.0)
     last_saved = iter_num
     if master:
         print(f"resuming {out_dir} from iteration {iter_num}")
@@ -448,7 +456,7 @@ def save(losses):
         "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "val_loss": losses.get("val"), "train_loss": losses.get("train"),
         "val_acc": losses.get("val_acc"), "ms_per_iter": 1000 * step_time / max(timed_iters, 1), "config": config,
-        "history": history,
+        "history": history, "timing": [step_time, timed_iters], "wall_s": wall_before + time.time() - started,
     }
     bad = nonfinite({k: state[k] for k in ("model", "optimizer", "val_loss", "train_loss", "best_val_loss")})
     if bad is not None:
@@ -487,7 +495,7 @@ if master and sys.stdout.isatty() and sys.stderr.isatty() and not eval_only:  # 
 log = bar.write if bar is not None else print
 t0 = time.time()
 local_iter_num, running_mfu = 0, -1.0
-step_time, timed_iters = 0.0, 0  # for the mean time per training iteration kept in the checkpoint
+step_time, timed_iters = timing  # for the mean time per training iteration kept in the checkpoint
 losses = {}
 # the first iteration whose loss (or clipped gradient norm) was not finite, kept on the device so that
 # checking it costs no host sync per step; inf while there is none

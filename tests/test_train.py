@@ -63,6 +63,10 @@ def test_resume_is_exact(char_data, tmp_path):
     split = tmp_path / "split"
     run("train.py", *common, "--max_iters=20", f"--out_dir={tmp_path / 'straight'}")
     run("train.py", *common, "--max_iters=10", f"--out_dir={split}")
+    # the time kept over the parts: marked in the first part's checkpoint, it must reach the last one
+    ck = load_checkpoint(str(split / "ckpt.pt"))
+    assert ck["timing"][1] == 8  # iterations 0-9 less the evaluations' 0 and 5
+    save_checkpoint({**ck, "timing": [100.0, 8], "wall_s": 1e6}, str(split / "ckpt.pt"))
     p = run("train.py", *common, "--max_iters=15", "--init_from=resume", f"--out_dir={split}")
     assert f"resuming {split} from iteration 10" in p.stdout and "step 10:" in p.stdout and "step 0:" not in p.stdout
     p = run("train.py", f"--out_dir={split}", "--init_from=resume", "--max_iters=20")
@@ -70,6 +74,8 @@ def test_resume_is_exact(char_data, tmp_path):
     a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
     b = load_checkpoint(str(split / "ckpt.pt"))
     assert a["iter_num"] == b["iter_num"] == 20
+    assert a["timing"][1] == b["timing"][1] == 16 and b["timing"][0] > 100 and b["wall_s"] > 1e6
+    assert b["ms_per_iter"] == 1000 * b["timing"][0] / 16
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["iter"] for h in a["history"]] == [0, 5, 10, 15, 20] and a["history"] == b["history"]  # evals kept
