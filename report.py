@@ -507,6 +507,19 @@ def distance_lines(records, names):
     return lines, answers
 
 
+def run_time(records):
+    """How long a run took: the median over runs of the records' time per iteration (iterations trained without an
+    evaluation, over every resumed part), its range (the machine's load), and what that makes of a run's iterations."""
+    ms = sorted(r.ms_per_iter for r in records if r.ms_per_iter > 0)  # (0: a record of a run resumed at its end)
+    if not ms:
+        return ""
+    iters = statistics.median(r.iters for r in records)
+    spread = "one run" if len(ms) == 1 else \
+        f"median over {len(ms)} runs; {ms[0]:,.0f}-{ms[-1]:,.0f} as the machine's load varied"
+    return (f" Time: {statistics.median(ms):,.0f} ms per training iteration ({spread}), about "
+            f"{statistics.median(ms) * iters / 60000:,.0f} minutes for a run's {iters:,.0f} iterations, evaluations aside.")
+
+
 def report(records, study):
     """The report's Markdown lines. Every sentence follows from the numbers in its tables."""
     S, names, recall = summarize(records)
@@ -515,7 +528,8 @@ def report(records, study):
     T = context(records)
     seeds = sorted({S[n]["n"] for n in names})
     n_seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    lines = ["Commands: " + "; ".join(f"`{c}`" for c in study.commands) + f". Trained on: {machines(records)}.", "",
+    lines = ["Commands: " + "; ".join(f"`{c}`" for c in study.commands) + f". Trained on: {machines(records)}."
+             + run_time(records), "",
              f"{study.title}: {len(names)} configs, {n_seeds} seeds each ({len(records)} runs), "
              f"{base['tokens']:,} training tokens per run. Loss: best validation loss, mean +- std over seeds. "
              "Delta: against the baseline, the difference of means with its 95% confidence interval (Welch's t) "

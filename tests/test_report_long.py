@@ -294,3 +294,14 @@ def test_long_headline_keeps_recall(tmp_path, monkeypatch):
                          f"({1 / base_far:.2f}x), through this cache 0.990 against 1.000.")
     assert row(text, "- The smallest within +0.01 nats (and +0.02) whatever its recall: ").startswith(
         "- The smallest within +0.01 nats (and +0.02) whatever its recall: swa in the input form at 4 bits: 22 B/token")
+
+
+def test_run_time_from_the_records():
+    """A study's time per iteration: the median of its records' (a record with none, 0, left out), its range, and
+    the minutes that makes of a run's iterations."""
+    rs = [dataclasses.replace(record("baseline", s, 1.9, 512), ms_per_iter=ms, iters=2000)
+          for s, ms in enumerate([300.0, 100.0, 0.0, 500.0])]
+    assert report.run_time(rs) == (" Time: 300 ms per training iteration (median over 3 runs; 100-500 as the machine's "
+                                   "load varied), about 10 minutes for a run's 2,000 iterations, evaluations aside.")
+    assert report.run_time(rs[2:3]) == ""
+    assert "(one run)" in report.run_time(rs[:1])
