@@ -1116,7 +1116,8 @@ def context_sweep_lines(folders=SWEEP):
              "falls as T grows). Configs that two or more of these studies ran. Drawn by `python report.py` from the "
              "records in those folders.", "", head, rule,
              "| baseline: loss | " + " | ".join(f"{S['baseline']['loss']:.4f} +- {fmt(S['baseline']['loss_std'])} "
-                                               f"({S['baseline']['n']} seeds)" for _, _, S in found) + " |",
+                                               f"({S['baseline']['n']} seed{'s' * (S['baseline']['n'] > 1)})" for _, _, S in found)
+             + " |",
              "| baseline: training tokens per run | " + " | ".join(f"{S['baseline']['tokens']:,}" for _, _, S in found) + " |"]
     for n in names:
         cells = []
