@@ -918,13 +918,13 @@ RECALL_KEPT = 0.95  # a route keeps recall where its accuracy beyond the window 
 def probe_recall(study):
     """The recall probe's figures for a headline: its window W (every windowed config's), and per config, per seed,
     recall accuracy on the answers whose key lies W or more tokens back (16-bit cache), and on every answer through
-    each whole model's (form, bits) cache."""
+    each whole model's (form, bits) cache; and the key groups of its quantized caches."""
     records = load_records(os.path.join(ROOT, study))
     T = context(records)
     wins = sorted({w for r in records for w in windows_of(r.model)})
     if len(wins) != 1:
         raise SystemExit(f"error: {study}'s windowed configs must share one window to compare recall beyond it, not {wins}")
-    W, acc = wins[0], {"kv_group": {q.kv_group for r in records for q in r.quant if q.kv_bits != 16}}
+    W, acc = wins[0], {}
     for r in records:
         a = acc.setdefault(r.config, {"beyond": []})
         beyond = distance_acc(r, W, T) if r.recall_by_distance is not None else None
@@ -933,7 +933,7 @@ def probe_recall(study):
         for q in r.quant:
             if not q.layers:
                 a.setdefault((q.form, q.kv_bits), []).append(q.val_acc)
-    return W, acc
+    return W, acc, sorted({q.kv_group for r in records for q in r.quant if q.kv_bits != 16})
 
 
 def headline_text(study):
@@ -949,7 +949,7 @@ def headline_text(study):
     records = load_records(folder)
     S, names, _ = summarize(records)
     gpt2, T = S["baseline"]["kv"]["kv"], context(records)
-    W, probe = probe_recall(probe_study) if probe_study else (None, None)
+    W, probe, groups = probe_recall(probe_study) if probe_study else (None, None, None)
     mean = lambda v: f"{statistics.mean(v):.3f}" if v else "-"
     rows, seeds, probe_seeds = [], set(), set()
     for label, n, form, half, bits in spec:
@@ -993,7 +993,7 @@ def headline_text(study):
              + (f" and, for recall, `{probe_study}/`: the same config on the recall probe with windows of {W} (every "
                 f"answer's key lies within 32 tokens), recall accuracy on the answers whose key lies {W} or more tokens "
                 f"back (through a 16-bit cache) and on every answer through this row's cache (key groups of "
-                f"{', '.join(map(str, sorted(probe['kv_group'])))}), mean over "
+                f"{', '.join(map(str, groups))}), mean over "
                 f"{n_seeds(probe_seeds or {0})} seeds." if probe else "."), "",
              f"| model | cache | B/token at {T} | x GPT-2's | loss | delta [95% CI] |"
              + (f" recall beyond {W} | recall, this cache |" if probe else ""),
@@ -1012,6 +1012,7 @@ def kept_answers(S, names, T, W, probe):
     if ref is None or not base.get("beyond") or not base.get(("kv", 16)):
         return []
     ref, gpt2 = ref["loss"], S["baseline"]["kv"]["kv"]
+    ref_mean = statistics.mean(ref)
     base_beyond, base_all = statistics.mean(base["beyond"]), statistics.mean(base[("kv", 16)])
 
     def recall_of(p):  # (beyond W at 16 bits, every answer through p's cache), None where the probe lacks either
@@ -1027,7 +1028,7 @@ def kept_answers(S, names, T, W, probe):
                    f"cache {r[1]:.3f} against {base_all:.3f}" if r else "not measured (no records on the probe)"))
     found = []  # [kept, close, the tolerances that find them]
     for tol in TOLERANCES:
-        close = sorted((p for p in pts if p.mean - statistics.mean(ref) <= tol), key=lambda p: (p.bytes, p.mean))
+        close = sorted((p for p in pts if p.mean - ref_mean <= tol), key=lambda p: (p.bytes, p.mean))
         kept = [p for p in close if (r := recall_of(p)) and r[0] >= RECALL_KEPT * base_beyond
                 and r[1] >= RECALL_KEPT * base_all]
         pair = (kept[0] if kept else None, close[0] if close else None)
