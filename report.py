@@ -1185,6 +1185,118 @@ def plot_context_sweep(path, folders=SWEEP):
     return save(fig, plt, path)
 
 
+LONGER = ("results/cpu_block256", "results/cpu_block256_x4")  # the same configs at one context, then at 4x the iterations
+LONGER_DIR = os.path.join(ROOT, "results", "longer_runs")  # no study.json: not a study
+LONGER_MD, LONGER_PNG = os.path.join(LONGER_DIR, "report.md"), os.path.join(LONGER_DIR, "loss_by_iteration.png")
+LONGER_BLOCK = re.compile(r"(<!-- (longer runs) -->\n)(.*?)(<!-- end of longer runs -->)", re.S)
+
+
+def longer_studies(folders=LONGER):
+    """[(iterations, folder, records, S)] for the shorter and the longer study, or None where either has no
+    baseline records yet. Two studies at different contexts, or of one length, are not a comparison of length."""
+    found = []
+    for folder in folders:
+        path = os.path.join(ROOT, folder)
+        records = load_records(path) if os.path.isfile(os.path.join(path, "study.json")) else []
+        if not any(r.config == "baseline" for r in records):
+            return None
+        found.append((max(r.iters for r in records), folder, records, summarize(records)[0]))
+    (n0, f0, r0, _), (n1, f1, r1, _) = found
+    if context(r0) != context(r1) or n0 >= n1:
+        raise SystemExit(f"error: the longer runs compare one context at two lengths; {f0} is {context(r0)} tokens, "
+                         f"{n0} iterations and {f1} is {context(r1)} tokens, {n1} iterations")
+    return found
+
+
+def best_iter(record):
+    """The iteration of a run's best validation loss (its first evaluation at that loss)."""
+    return min(record.history, key=lambda h: h["val_loss"])["iter"] if record.history else None
+
+
+def lead_at(S, n):
+    """Where a config stands against the baseline of its own length, from its Welch interval."""
+    t = S[n]["test"]
+    if t is None:
+        return "not tested (fewer than 2 seeds on a side)"
+    if t["hi"] < 0:
+        return f"ahead by {-t['diff']:.4f}"
+    if t["lo"] > 0:
+        return f"behind by {t['diff']:.4f}"
+    return f"no difference detected ({t['diff']:+.4f})"
+
+
+def longer_runs_lines(folders=LONGER):
+    """The longer runs' Markdown lines: each config's best loss and its delta against the baseline of the same
+    length, at both lengths; where its best loss fell and its final training loss in the longer runs; and the
+    change of its delta with length, which says whether a lead at the shorter length lasts."""
+    found = longer_studies(folders)
+    if found is None:
+        return ["The longer runs have no records at both lengths yet (" + ", ".join(f"`{f}`" for f in folders) + ")."]
+    (n0, f0, r0, S0), (n1, f1, r1, S1) = found
+    order = {n: i for i, n in enumerate(ablation_names("all"))}
+    names = sorted((n for n in S1 if n in S0), key=lambda n: (n != "baseline", order.get(n, len(order)), n))
+    cell = lambda S, n: ("-" if n == "baseline" else f"{S[n]['loss'] - S['baseline']['loss']:+.4f} ({S[n]['n']} vs "
+                         f"{S['baseline']['n']}: not tested)" if S[n]["test"] is None else ci_delta(S[n]["test"]))
+    at = lambda records, n, f: [f(r) for r in records if r.config == n]
+    lines = [f"The longer runs: the same configs at {context(r0)} tokens, trained for {n0} iterations (`{f0}`) and for "
+             f"{n1} (`{f1}`), with the learning-rate schedule stretched to each length. Loss: the best validation "
+             f"loss, mean +- sd over seeds; delta: against the baseline of the same length, with its 95% interval "
+             f"(Welch's t). Best at: the mean iteration of the best validation loss; train: the final training loss, "
+             f"both in the {n1}-iteration runs. Drawn by `python report.py` from the records in those folders.", "",
+             f"| config | {n0} its: loss | {n0} its: delta | {n1} its: loss | {n1} its: delta | best at | train |",
+             "|---|---|---|---|---|---|---|"]
+    for n in names:
+        best = [b for b in at(r1, n, best_iter) if b is not None]
+        lines.append(f"| {n} | {S0[n]['loss']:.4f} +- {fmt(S0[n]['loss_std'])} ({S0[n]['n']}) | {cell(S0, n)} | "
+                     f"{S1[n]['loss']:.4f} +- {fmt(S1[n]['loss_std'])} ({S1[n]['n']}) | {cell(S1, n)} | "
+                     f"{statistics.mean(best) if best else float('nan'):.0f} | "
+                     f"{statistics.mean(at(r1, n, lambda r: r.final_train_loss)):.4f} |")
+    lines += ["", f"Does a lead at {n0} iterations last? Each config against the baseline at {n1} iterations, and the "
+              f"change of its delta from {n0} to {n1} iterations, (config - baseline) at {n1} minus (config - "
+              f"baseline) at {n0}, with its 95% interval (Welch-Satterthwaite over the four independent sets of seeds; "
+              f"a lead that shrinks moves its delta up):", ""]
+    for n in names[1:]:
+        t = contrast([(S1[n]["losses"], 1), (S1["baseline"]["losses"], -1), (S0[n]["losses"], -1),
+                      (S0["baseline"]["losses"], 1)])
+        lines.append(f"- {n}: at {n0} iterations {lead_at(S0, n)}; at {n1}, {lead_at(S1, n)}. Its delta {growth(t)}.")
+    return lines
+
+
+def longer_runs_text(_=None, folders=LONGER):
+    return "\n".join(longer_runs_lines(folders)) + "\n"
+
+
+def mean_history(records, key):
+    """{iteration: mean of key over the records evaluated there}, at the iterations every record reached."""
+    seen = [{h["iter"]: h[key] for h in r.history} for r in records]
+    return {i: statistics.mean(s[i] for s in seen) for i in sorted(set.intersection(*(set(s) for s in seen)))}
+
+
+def plot_longer_runs(path, folders=LONGER):
+    """Validation (solid) and training (dotted) loss against iteration, mean over seeds, each config in the
+    longer runs, and its validation loss in the shorter runs (dashed). Nothing is drawn before both have records."""
+    found = longer_studies(folders)
+    plt = pyplot() if found else None
+    if plt is None:
+        return False
+    (n0, f0, r0, S0), (n1, f1, r1, S1) = found
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for n in (n for n in S1 if n in S0):
+        long = [r for r in r1 if r.config == n]
+        val, train = mean_history(long, "val_loss"), mean_history(long, "train_loss")
+        line = ax.plot(list(val), list(val.values()), label=f"{n}, {n1} its (validation)")[0]
+        ax.plot(list(train), list(train.values()), ":", color=line.get_color(), label=f"{n}, {n1} its (training)")
+        short = mean_history([r for r in r0 if r.config == n], "val_loss")
+        ax.plot(list(short), list(short.values()), "--", color=line.get_color(), label=f"{n}, {n0} its (validation)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 2.6))  # the first evaluations (loss ~4) would flatten the rest
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean over seeds)")
+    ax.set_title(f"The longer runs: {f0} ({n0} its) and {f1} ({n1} its), {context(r1)} tokens", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, plt, path)
+
+
 def update_blocks(path, pattern, text_of):
     """Rewrite the text between each of a page's markers; returns the study folders rewritten."""
     with open(path) as f:
@@ -1204,6 +1316,7 @@ def main():
         check_writable(RESULTS_MD, "docs", is_dir=False)
         check_writable(README, "docs", is_dir=False)
         check_writable(SWEEP_DIR, "docs")
+        check_writable(LONGER_DIR, "docs")
     for study in folders:
         print("\n".join(write_study(study)))
         print(f"wrote {study}/results.json, report.md, loss_vs_kv.png\n")
@@ -1217,6 +1330,11 @@ def main():
         done = update_blocks(RESULTS_MD, SWEEP_BLOCK, context_sweep_text)
         print(f"wrote results/context_sweep/report.md{', delta_vs_context.png' if drawn else ''}; docs/results.md: "
               f"{'context sweep block rewritten' if done else 'no context sweep block'}")
+        write_text(LONGER_MD, "# Longer runs\n\n" + longer_runs_text())
+        drawn = plot_longer_runs(LONGER_PNG)
+        done = update_blocks(RESULTS_MD, LONGER_BLOCK, longer_runs_text)
+        print(f"wrote results/longer_runs/report.md{', loss_by_iteration.png' if drawn else ''}; docs/results.md: "
+              f"{'longer runs block rewritten' if done else 'no longer runs block'}")
 
 
 if __name__ == "__main__":

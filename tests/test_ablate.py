@@ -123,7 +123,7 @@ def test_a_signal_to_ablate_stops_its_run(char_data, tmp_path, signame):
 
 def test_docs_tables_are_the_reports_of_results():
     """Every table of docs/results.md is what report.py prints from the records in results/ (the context sweep
-    too), and the README's headline tables are what report.py draws from results/cpu and results/cpu_long."""
+    and the longer runs too), and the README's headline tables are what report.py draws from results/cpu and results/cpu_long."""
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         blocks = report.report_blocks(f.read())
     studies = {os.path.relpath(os.path.dirname(p), ROOT) for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json"))}
@@ -133,6 +133,9 @@ def test_docs_tables_are_the_reports_of_results():
     with open(os.path.join(ROOT, "docs", "results.md")) as f:
         sweep = [m.group(3) for m in report.SWEEP_BLOCK.finditer(f.read())]
     assert sweep == [report.context_sweep_text()], "docs/results.md's context sweep is stale: run python report.py"
+    with open(os.path.join(ROOT, "docs", "results.md")) as f:
+        longer = [m.group(3) for m in report.LONGER_BLOCK.finditer(f.read())]
+    assert longer == [report.longer_runs_text()], "docs/results.md's longer runs are stale: run python report.py"
     with open(os.path.join(ROOT, "README.md")) as f:
         headline = report.headline_blocks(f.read())
     assert list(headline) == list(report.HEADLINES)  # results/cpu (64 tokens) and results/cpu_long (512)

@@ -305,3 +305,51 @@ def test_run_time_from_the_records():
                                    "load varied), about 10 minutes for a run's 2,000 iterations, evaluations aside.")
     assert report.run_time(rs[2:3]) == ""
     assert "(one run)" in report.run_time(rs[:1])
+
+
+def test_longer_runs(tmp_path):
+    """The longer runs: each config's delta against the baseline of its own length at both lengths, where it
+    stands (ahead, behind, no difference) from its Welch interval, and the change of its delta from the shorter
+    runs to the longer with the Welch-Satterthwaite interval; where the best loss fell and the final training loss
+    come from the longer runs' records. Two studies at different contexts are refused in one line."""
+    losses = {2000: {"baseline": [1.78, 1.79, 1.77], "swa": [1.74, 1.75, 1.745], "mqa": [1.80, 1.79, 1.81]},
+              8000: {"baseline": [1.70, 1.71, 1.705], "swa": [1.70, 1.69, 1.71]}}
+    best = {"baseline": 8000, "swa": 4000}  # the iteration of each longer run's best validation loss
+
+    def run(n, s, v, its):
+        hist = [{"iter": i, "train_loss": 2.0 - i / 1e4, "val_loss": v + (0 if i == best.get(n, its) else 0.1),
+                 "val_acc": None} for i in range(0, its + 1, 2000)]
+        return dataclasses.replace(record(n, s, v, 256, window=32 if n == "swa" else None), iters=its, history=hist,
+                                   final_train_loss=1.5 - s / 100)
+
+    folders = [study(tmp_path / f"its{its}", [run(n, s, v, its) for n, vals in runs.items() for s, v in enumerate(vals)])
+               for its, runs in losses.items()]
+    assert report.longer_runs_text(folders=[folders[0], str(tmp_path / "none")]).startswith(
+        "The longer runs have no records at both lengths yet")
+    text = report.longer_runs_text(folders=folders)
+    assert "| config | 2000 its: loss | 2000 its: delta | 8000 its: loss | 8000 its: delta | best at | train |" in text
+    b0, b1 = losses[2000]["baseline"], losses[8000]["baseline"]
+    s0, s1 = losses[2000]["swa"], losses[8000]["swa"]
+    sd = lambda v: f"{statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} (3)"
+    assert f"| baseline | {sd(b0)} | - | {sd(b1)} | - | 8000 | {statistics.mean([1.5, 1.49, 1.48]):.4f} |" in text
+    assert (f"| swa | {sd(s0)} | {ci(*welch_by_hand(s0, b0))} | {sd(s1)} | {ci(*welch_by_hand(s1, b1))} | 4000 |"
+            in text)
+    assert not any(line.startswith("| mqa |") for line in text.splitlines())  # the shorter runs only
+    d0, lo0, hi0 = welch_by_hand(s0, b0)
+    d1, lo1, hi1 = welch_by_hand(s1, b1)
+    assert hi0 < 0 and lo1 < 0 < hi1  # ahead at 2000, level at 8000
+    groups, signs = [s1, b1, s0, b0], [1, -1, -1, 1]
+    d = sum(c * statistics.mean(g) for g, c in zip(groups, signs))
+    parts = [statistics.variance(g) / len(g) for g in groups]
+    df = sum(parts) ** 2 / sum(p ** 2 / (len(g) - 1) for p, g in zip(parts, groups))
+    half = student_t.ppf(0.975, df) * math.sqrt(sum(parts))
+    assert d - half > 0  # the lead shrank
+    assert row(text, "- swa:") == (f"- swa: at 2000 iterations ahead by {-d0:.4f}; at 8000, no difference detected "
+                                   f"({d1:+.4f}). Its delta grows by {d:.4f} (95% CI [{d - half:+.4f}, {d + half:+.4f}], "
+                                   f"Welch-Satterthwaite p={report.contrast([(g, c) for g, c in zip(groups, signs)])['p']:.2g}).")
+    assert report.plot_longer_runs(str(tmp_path / "longer.png"), folders=folders)
+    assert os.path.getsize(tmp_path / "longer.png") > 1000
+    other = study(tmp_path / "ctx512", [dataclasses.replace(record("baseline", 0, 1.9, 512), iters=8000)])
+    with pytest.raises(SystemExit, match=r"^error: the longer runs compare one context at two lengths; .*its2000 is 256 "
+                                         r"tokens, 2000 iterations and .*ctx512 is 512 tokens, 8000 iterations$"):
+        report.longer_runs_text(folders=[folders[0], other])
