@@ -329,7 +329,7 @@ def prune(paths):
                                  **quant) if len(bits_list) > 1 else []
         except ValueError as e:
             raise SystemExit(f"error: {path}: {e}")
-        curves.append(CheckpointCurve(checkpoint=path, config=os.path.relpath(os.path.dirname(os.path.abspath(path))),
+        curves.append(CheckpointCurve(checkpoint=path, config=os.path.dirname(path) or ".",  # the run directory as given
                                       attention_contribution=contrib, points=points, quant=q))
     return curves
 

@@ -208,6 +208,7 @@ def test_budget_training_end_to_end(char_data, tmp_path):
     js = tmp_path / "kv.json"
     run("kv_cache_bench.py", "--configs=", f"--ckpt={tmp_path / 'fixed' / 'ckpt.pt'}", "--eval_batches=2", f"--json={js}")
     (curve,) = json.loads(js.read_text())["pruning"]
+    assert curve["config"] == str(tmp_path / "fixed")  # the run directory as given, not relative to the working one
     greedy = [p for p in curve["points"] if p["ranking"] == "greedy"]
     assert [len(p["layers"]) for p in greedy] == [0, 1, 2] and all(set(p["layers"]) <= set(kept) for p in greedy)
     run("train.py", *common, "--attn_gate_fix_iter=100", f"--out_dir={tmp_path / 'soft2'}")  # never fixed
