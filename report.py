@@ -1251,6 +1251,8 @@ def longer_runs_lines(folders=LONGER):
                      f"{S1[n]['loss']:.4f} +- {fmt(S1[n]['loss_std'])} ({S1[n]['n']}) | {cell(S1, n)} | "
                      f"{statistics.mean(best) if best else float('nan'):.0f} | "
                      f"{statistics.mean(at(r1, n, lambda r: r.final_train_loss)):.4f} |")
+    if len(names) == 1:
+        return lines + ["", "No config but the baseline has records at both lengths yet."]
     lines += ["", f"Does a lead at {n0} iterations last? Each config against the baseline at {n1} iterations, and the "
               f"change of its delta from {n0} to {n1} iterations, (config - baseline) at {n1} minus (config - "
               f"baseline) at {n0}, with its 95% interval (Welch-Satterthwaite over the four independent sets of seeds; "

@@ -349,6 +349,9 @@ def test_longer_runs(tmp_path):
                                    f"Welch-Satterthwaite p={report.contrast([(g, c) for g, c in zip(groups, signs)])['p']:.2g}).")
     assert report.plot_longer_runs(str(tmp_path / "longer.png"), folders=folders)
     assert os.path.getsize(tmp_path / "longer.png") > 1000
+    alone = study(tmp_path / "alone", [run("baseline", s, v, 8000) for s, v in enumerate(losses[8000]["baseline"])])
+    assert report.longer_runs_text(folders=[folders[0], alone]).endswith("No config but the baseline has records at both "
+                                                                       "lengths yet.\n")
     other = study(tmp_path / "ctx512", [dataclasses.replace(record("baseline", 0, 1.9, 512), iters=8000)])
     with pytest.raises(SystemExit, match=r"^error: the longer runs compare one context at two lengths; .*its2000 is 256 "
                                          r"tokens, 2000 iterations and .*ctx512 is 512 tokens, 8000 iterations$"):
