@@ -1055,15 +1055,20 @@ SWEEP_MD, SWEEP_PNG = os.path.join(SWEEP_DIR, "report.md"), os.path.join(SWEEP_D
 SWEEP_BLOCK = re.compile(r"(<!-- (context sweep) -->\n)(.*?)(<!-- end of context sweep -->)", re.S)
 
 
+def made_records(folder):
+    """A study folder's records, or None where it is not made yet (no study.json)."""
+    path = os.path.join(ROOT, folder)
+    return load_records(path) if os.path.isfile(os.path.join(path, "study.json")) else None
+
+
 def sweep_studies(folders=SWEEP):
     """([(T, folder, S)] by context: each of the sweep's studies that has records, summarized as its report does
     (every config tested against its own baseline); [the studies left out, with why])."""
     found, left = [], []
     for folder in folders:
-        path = os.path.join(ROOT, folder)
-        if not os.path.isfile(os.path.join(path, "study.json")):
+        records = made_records(folder)
+        if records is None:
             continue  # not made yet
-        records = load_records(path)
         if not any(r.config == "baseline" for r in records):
             left.append(f"`{folder}` (no baseline records yet)")
             continue
@@ -1087,6 +1092,20 @@ def cache_share(S, n):
     kv0 = S["baseline"]["kv"]["kv"]
     share = lambda b: f"{b / kv0:.3g}x" if b >= kv0 else f"1/{kv0 / b:.3g}"
     return ", ".join(f"{'K/V' if f == 'kv' else 'input'} {share(b)}" for f, b in S[n]["kv"].items())
+
+
+def untested_or_ci(S, n):
+    """A config's delta against its study's baseline: its Welch interval, or the bare difference marked untested
+    under two seeds a side."""
+    if S[n]["test"] is None:
+        return f"{S[n]['loss'] - S['baseline']['loss']:+.4f} ({S[n]['n']} vs {S['baseline']['n']}: not tested)"
+    return ci_delta(S[n]["test"])
+
+
+def delta_change(S0, S1, n):
+    """(config - baseline) in S1 minus (config - baseline) in S0, from contrast() over the four sets of seeds."""
+    return contrast([(S1[n]["losses"], 1), (S1["baseline"]["losses"], -1), (S0[n]["losses"], -1),
+                     (S0["baseline"]["losses"], 1)])
 
 
 def growth(t):
@@ -1125,10 +1144,8 @@ def context_sweep_lines(folders=SWEEP):
         for _, _, S in found:
             if n not in S:
                 cells.append("-")
-            elif S[n]["test"] is None:
-                cells.append(f"{S[n]['loss'] - S['baseline']['loss']:+.4f} ({S[n]['n']} vs {S['baseline']['n']}: not tested)")
             else:
-                cells.append(f"{ci_delta(S[n]['test'])} ({S[n]['n']} vs {S['baseline']['n']})")
+                cells.append(untested_or_ci(S, n) + ("" if S[n]["test"] is None else f" ({S[n]['n']} vs {S['baseline']['n']})"))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "Cache at each context, 16-bit, as a share of the baseline's K/V bytes at that context:", "",
               head, rule, "| baseline: K/V B/token | " + " | ".join(nbytes(S["baseline"]["kv"]["kv"]) for _, _, S in found) + " |"]
@@ -1139,8 +1156,7 @@ def context_sweep_lines(folders=SWEEP):
     for n in names:
         ran = [f for f in found if n in f[2]]
         (T0, _, S0), (T1, _, S1) = ran[0], ran[-1]
-        t = contrast([(S1[n]["losses"], 1), (S1["baseline"]["losses"], -1), (S0[n]["losses"], -1),
-                      (S0["baseline"]["losses"], 1)])
+        t = delta_change(S0, S1, n)
         lines.append(f"- {n}: {S0[n]['loss'] - S0['baseline']['loss']:+.4f} at {T0} tokens ({cache_share(S0, n)}), "
                      f"{S1[n]['loss'] - S1['baseline']['loss']:+.4f} at {T1} tokens ({cache_share(S1, n)}): its cost "
                      f"{growth(t)}.")
@@ -1196,8 +1212,7 @@ def longer_studies(folders=LONGER):
     baseline records yet. Two studies at different contexts, or of one length, are not a comparison of length."""
     found = []
     for folder in folders:
-        path = os.path.join(ROOT, folder)
-        records = load_records(path) if os.path.isfile(os.path.join(path, "study.json")) else []
+        records = made_records(folder) or []
         if not any(r.config == "baseline" for r in records):
             return None
         found.append((max(r.iters for r in records), folder, records, summarize(records)[0]))
@@ -1235,8 +1250,7 @@ def longer_runs_lines(folders=LONGER):
     (n0, f0, r0, S0), (n1, f1, r1, S1) = found
     order = {n: i for i, n in enumerate(ablation_names("all"))}
     names = sorted((n for n in S1 if n in S0), key=lambda n: (n != "baseline", order.get(n, len(order)), n))
-    cell = lambda S, n: ("-" if n == "baseline" else f"{S[n]['loss'] - S['baseline']['loss']:+.4f} ({S[n]['n']} vs "
-                         f"{S['baseline']['n']}: not tested)" if S[n]["test"] is None else ci_delta(S[n]["test"]))
+    cell = lambda S, n: "-" if n == "baseline" else untested_or_ci(S, n)
     at = lambda records, n, f: [f(r) for r in records if r.config == n]
     lines = [f"The longer runs: the same configs at {context(r0)} tokens, trained for {n0} iterations (`{f0}`) and for "
              f"{n1} (`{f1}`), with the learning-rate schedule stretched to each length. Loss: the best validation "
@@ -1258,8 +1272,7 @@ def longer_runs_lines(folders=LONGER):
               f"baseline) at {n0}, with its 95% interval (Welch-Satterthwaite over the four independent sets of seeds; "
               f"a lead that shrinks moves its delta up):", ""]
     for n in names[1:]:
-        t = contrast([(S1[n]["losses"], 1), (S1["baseline"]["losses"], -1), (S0[n]["losses"], -1),
-                      (S0["baseline"]["losses"], 1)])
+        t = delta_change(S0, S1, n)
         lines.append(f"- {n}: at {n0} iterations {lead_at(S0, n)}; at {n1}, {lead_at(S1, n)}. Its delta {growth(t)}.")
     return lines
 
@@ -1327,16 +1340,15 @@ def main():
         print(f"docs/results.md: report blocks for {', '.join(done) or 'no study'} rewritten")
         done = update_blocks(README, HEADLINE_BLOCK, headline_text)
         print(f"README.md: headline table from {', '.join(done) or 'no study'} rewritten")
-        write_text(SWEEP_MD, "# Context sweep\n\n" + context_sweep_text())
-        drawn = plot_context_sweep(SWEEP_PNG)
-        done = update_blocks(RESULTS_MD, SWEEP_BLOCK, context_sweep_text)
-        print(f"wrote results/context_sweep/report.md{', delta_vs_context.png' if drawn else ''}; docs/results.md: "
-              f"{'context sweep block rewritten' if done else 'no context sweep block'}")
-        write_text(LONGER_MD, "# Longer runs\n\n" + longer_runs_text())
-        drawn = plot_longer_runs(LONGER_PNG)
-        done = update_blocks(RESULTS_MD, LONGER_BLOCK, longer_runs_text)
-        print(f"wrote results/longer_runs/report.md{', loss_by_iteration.png' if drawn else ''}; docs/results.md: "
-              f"{'longer runs block rewritten' if done else 'no longer runs block'}")
+        for title, text_of, md, plot_to, png, pattern in (
+                ("Context sweep", context_sweep_text, SWEEP_MD, plot_context_sweep, SWEEP_PNG, SWEEP_BLOCK),
+                ("Longer runs", longer_runs_text, LONGER_MD, plot_longer_runs, LONGER_PNG, LONGER_BLOCK)):
+            text = text_of()  # drawn once: the report and the docs block are the same text
+            write_text(md, f"# {title}\n\n" + text)
+            drawn = plot_to(png)
+            done = update_blocks(RESULTS_MD, pattern, lambda _: text)
+            print(f"wrote {os.path.relpath(md, ROOT)}{', ' + os.path.basename(png) if drawn else ''}; docs/results.md: "
+                  f"{title.lower() + ' block rewritten' if done else 'no ' + title.lower() + ' block'}")
 
 
 if __name__ == "__main__":
